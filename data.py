@@ -1,0 +1,283 @@
+"""
+From tokens on disk to training batches: the shard format, the dataset's metadata file,
+the tokenizers, and the loader that train.py draws batches from.
+
+A shard is the file format of llm.c and modded-nanogpt, so shards move between the projects
+either way: a header of 256 little-endian int32 (header[0] = 20240520, header[1] = 1 for
+uint16 tokens, header[2] = the token count, the rest zero) followed by the tokens as
+little-endian uint16. A dataset directory holds shards named *{split}_*.bin and, when made
+here, a meta.json that names the tokenizer.
+"""
+
+import base64
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_DTYPE = np.dtype("<u2")
+MAX_VOCAB = 2**16  # uint16 holds the token ids 0..65535
+
+META_FILE = "meta.json"
+
+# GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
+# shipped so that nothing needs the network
+GPT2_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
+GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_ENV = "GPT2_TIKTOKEN_FILE"
+GPT2_EOT = 50256
+
+
+# -----------------------------------------------------------------------------
+# shards
+
+def shard_name(prefix, split, index):
+    return f"{prefix}_{split}_{index:06d}.bin"
+
+
+def find_shards(data_dir, split):
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory {data_dir} does not exist: prepare a dataset first "
+                                f"(prepare_shakespeare.py or prepare_fineweb.py)")
+    paths = sorted(data_dir.glob(f"*{split}_*.bin"))
+    if not paths:
+        raise FileNotFoundError(f"no {split} shards (*{split}_*.bin) in {data_dir}")
+    return paths
+
+
+def check_vocab_size(vocab_size):
+    # refuse rather than let np.uint16 wrap large ids around into other tokens
+    if vocab_size > MAX_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} does not fit uint16 shards "
+                         f"(token ids must be at most {MAX_VOCAB - 1})")
+
+
+def write_shard(path, tokens):
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"{path}: tokens must be a 1-D integer array, got {tokens.dtype} of shape {tokens.shape}")
+    if tokens.dtype != np.uint16 and tokens.size and (tokens.min() < 0 or tokens.max() >= MAX_VOCAB):
+        raise ValueError(f"{path}: token ids must lie in 0..{MAX_VOCAB - 1} to fit a uint16 shard, "
+                         f"got {tokens.min()}..{tokens.max()}")
+    if len(tokens) >= 2**31:
+        raise ValueError(f"{path}: {len(tokens)} tokens do not fit the int32 count of the header")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = MAGIC, VERSION, len(tokens)
+    # a crash mid-write must never leave a file that looks like a finished shard
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tofile(f)
+    os.replace(tmp, path)
+
+
+def shard_length(path):
+    """The token count of a shard, after checking that the file really is a complete shard."""
+    size = os.path.getsize(path)
+    if size < HEADER_BYTES:
+        raise ValueError(f"{path}: not a token shard ({size} bytes, shorter than the {HEADER_BYTES}-byte header)")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise ValueError(f"{path}: not a token shard (magic number {header[0]}, expected {MAGIC})")
+    if header[1] != VERSION:
+        raise ValueError(f"{path}: shard version {header[1]} is not supported (only version {VERSION}, uint16 tokens)")
+    count = int(header[2])
+    if count < 0 or size != HEADER_BYTES + 2 * count:
+        raise ValueError(f"{path}: truncated or corrupt shard: the header says {count} tokens, "
+                         f"which is {HEADER_BYTES + 2 * count} bytes, but the file has {size} bytes")
+    return count
+
+
+def _map_tokens(path, count):
+    if count == 0:
+        return np.empty(0, dtype=TOKEN_DTYPE)  # mmap cannot map zero bytes
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def read_shard(path):
+    return _map_tokens(path, shard_length(path))
+
+
+# -----------------------------------------------------------------------------
+# metadata: which tokenizer made a dataset, and how many tokens it has
+
+def write_meta(data_dir, meta):
+    check_vocab_size(meta["vocab_size"])
+    path = Path(data_dir) / META_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_meta(data_dir):
+    """The dataset's metadata, or None for a directory without one (e.g. shards made by llm.c)."""
+    path = Path(data_dir) / META_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+@lru_cache(maxsize=None)
+def _gpt2_from_file(path):
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read the GPT-2 BPE ranks file {path}: {e.strerror}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != GPT2_SHA256:
+        raise ValueError(f"{path} is not the GPT-2 BPE ranks file "
+                         f"(sha256 {digest[:8]}..., expected {GPT2_SHA256[:8]}...): use tiktoken's r50k_base.tiktoken or this repo's assets/gpt2.tiktoken")
+    # the format is one "base64(token bytes) rank" pair a line
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
+
+
+def gpt2_encoding(vocab_file=None):
+    """GPT-2's tiktoken Encoding, from the first of: vocab_file, $GPT2_TIKTOKEN_FILE, the shipped
+    assets/gpt2.tiktoken, tiktoken's own download. A file that is named but wrong is an error,
+    not a reason to try the next source."""
+    path = vocab_file or os.environ.get(GPT2_ENV)
+    if path:
+        return _gpt2_from_file(str(path))
+    if GPT2_FILE.exists():
+        return _gpt2_from_file(str(GPT2_FILE))
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise FileNotFoundError(f"no GPT-2 BPE ranks: {GPT2_FILE} is missing and tiktoken could not fetch them "
+                           f"({type(e).__name__}); provide tiktoken's r50k_base.tiktoken (sha256 {GPT2_SHA256[:8]}...) "
+                           f"with --vocab_file PATH or {GPT2_ENV}=PATH") from None
+
+
+class GPT2Tokenizer:
+    def __init__(self, enc):
+        self.enc = enc  # sample.py decodes token bytes across token boundaries through it
+        self.vocab_size = enc.n_vocab
+        self.eot_token = enc.eot_token
+
+    def encode(self, text):
+        # user text is data: "<|endoftext|>" written in it stays plain text
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+class CharTokenizer:
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+        self.eot_token = None
+
+    def encode(self, text):
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            raise ValueError(f"characters not in the vocabulary: {''.join(unknown)!r}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+
+def get_tokenizer(meta, vocab_file=None):
+    """The tokenizer that made a dataset; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
+    kind = meta["tokenizer"] if meta else "gpt2"
+    if kind == "gpt2":
+        return GPT2Tokenizer(gpt2_encoding(vocab_file))
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    raise ValueError(f"unknown tokenizer {kind!r} in {META_FILE} (expected 'gpt2' or 'char')")
+
+
+# -----------------------------------------------------------------------------
+# the loader
+
+class ShardLoader:
+    """Batches (x, y) of B x T int64 tokens, y being x shifted by one, from the shards of a split.
+
+    Batches are numbered globally, i = 0, 1, 2, ..., and batch i depends only on the seed, i,
+    the data, B and T. Rank r of world_size W draws i = r, r + W, r + 2W, ...: ranks see
+    disjoint batches, and any split of the same global batches over ranks and gradient
+    accumulation steps trains on the same data.
+
+    'train' rows are random windows, shard chosen in proportion to its windows; any other
+    split is read in order, in non-overlapping windows, wrapping around at its end, so that
+    evaluation after reset() always sees the same batches.
+    """
+
+    def __init__(self, data_dir, split, batch_size, block_size, rank=0, world_size=1, seed=1337, device="cpu"):
+        # torch is imported here, not at the top: the prepare scripts and their workers (which
+        # import this module anew where processes are spawned) do without its ~200 MB
+        import torch
+        self.B, self.T = batch_size, block_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.device = torch.device(device)
+        self.random = split == "train"
+        paths = find_shards(data_dir, split)
+        counts = np.array([shard_length(p) for p in paths])
+        # a row needs T + 1 tokens from one shard; shorter shards cannot give one
+        usable = counts > block_size
+        if not usable.any():
+            raise ValueError(f"{split} data in {data_dir} is shorter than block_size + 1 = {block_size + 1} tokens "
+                             f"(its longest shard has {counts.max()})")
+        self.paths = [p for p, ok in zip(paths, usable) if ok]
+        self.counts = counts[usable]
+        windows = self.counts - block_size if self.random else (self.counts - 1) // block_size
+        self.first_window = np.concatenate([[0], np.cumsum(windows)])  # global number of each shard's first window
+        self.drawn = 0  # batches this rank has drawn
+
+    def reset(self):
+        self.drawn = 0
+
+    def state_dict(self):
+        # stored as the global batch count, so a run may resume with another world_size
+        return {"next_batch": self.drawn * self.world_size}
+
+    def load_state_dict(self, state):
+        self.drawn = state["next_batch"] // self.world_size
+
+    def _windows(self, i):
+        n = self.first_window[-1]
+        if self.random:
+            return np.random.default_rng([self.seed, i]).integers(0, n, size=self.B)
+        return (i * self.B + np.arange(self.B)) % n
+
+    def next_batch(self):
+        import torch
+        i = self.rank + self.drawn * self.world_size
+        self.drawn += 1
+        windows = self._windows(i)
+        shard = np.searchsorted(self.first_window, windows, side="right") - 1
+        start = windows - self.first_window[shard]
+        if not self.random:
+            start *= self.T
+        rows = np.empty((self.B, self.T + 1), dtype=np.int64)
+        for s in np.unique(shard):
+            # a fresh memmap per batch: pages read for earlier batches are not held on to,
+            # so memory stays flat over a long run
+            tokens = _map_tokens(self.paths[s], self.counts[s])
+            for b in np.flatnonzero(shard == s):
+                rows[b] = tokens[start[b]:start[b] + self.T + 1]
+        x = torch.from_numpy(rows[:, :-1].copy())
+        y = torch.from_numpy(rows[:, 1:].copy())
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
