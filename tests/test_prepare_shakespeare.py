@@ -1,0 +1,92 @@
+import hashlib
+import io
+import urllib.error
+import urllib.request
+
+import pytest
+
+import data
+import prepare_shakespeare
+
+
+def _decoded(out_dir):
+    meta = data.read_meta(out_dir)
+    tok = data.get_tokenizer(meta)
+    train = data.read_shard(out_dir / "shakespeare_train_000000.bin")
+    val = data.read_shard(out_dir / "shakespeare_val_000000.bin")
+    assert (len(train), len(val)) == (meta["train_tokens"], meta["val_tokens"])
+    return meta, tok.decode(train.tolist()), tok.decode(val.tolist())
+
+
+def test_char_level(tmp_path, shared_data):
+    prepare_shakespeare.main(["--out_dir", str(tmp_path)])
+    meta, train, val = _decoded(tmp_path)
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()
+    assert meta["tokenizer"] == "char" and meta["vocab_size"] == 65
+    assert meta["chars"] == sorted(set(text))
+    assert (meta["train_tokens"], meta["val_tokens"]) == (1_003_854, 111_540)
+    assert train + val == text
+    loader = data.ShardLoader(tmp_path, "train", 2, 64)
+    assert loader.next_batch()[0].max() < 65
+
+
+def test_gpt2(tmp_path, shared_data):
+    prepare_shakespeare.main(["--tokenizer", "gpt2", "--out_dir", str(tmp_path)])
+    meta, train, val = _decoded(tmp_path)
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and "chars" not in meta
+    assert (meta["train_tokens"], meta["val_tokens"]) == (301_966, 36_059)  # nanoGPT's figures
+    assert train + val == (shared_data / "tinyshakespeare" / "input.txt").read_text()
+
+
+def test_default_out_dirs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small = tmp_path / "small.txt"
+    small.write_text("to be or not to be\n" * 20)
+    prepare_shakespeare.main(["--input", str(small)])
+    prepare_shakespeare.main(["--input", str(small), "--tokenizer", "gpt2"])
+    assert data.read_meta(tmp_path / "data" / "shakespeare_char")["vocab_size"] == len(set(small.read_text()))
+    assert data.read_meta(tmp_path / "data" / "shakespeare")["tokenizer"] == "gpt2"
+
+
+def test_missing_input_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        prepare_shakespeare.main(["--input", str(tmp_path / "nope.txt"), "--out_dir", str(tmp_path / "out")])
+    assert "nope.txt" in str(e.value.code) and str(e.value.code).startswith("error:")
+    assert not (tmp_path / "out").exists()
+
+
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_download_is_checked_by_sha256(tmp_path, monkeypatch):
+    shipped = prepare_shakespeare.SHIPPED.read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == prepare_shakespeare.SHA256
+    urls = []
+
+    def fake_urlopen(url, timeout):
+        urls.append(url)
+        return _Response(shipped)
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    prepare_shakespeare.main(["--download", "--out_dir", str(tmp_path / "ok")])
+    assert urls == [prepare_shakespeare.URL]
+    assert data.read_meta(tmp_path / "ok")["train_tokens"] == 1_003_854
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _Response(shipped + b"tampered"))
+    with pytest.raises(SystemExit) as e:
+        prepare_shakespeare.main(["--download", "--out_dir", str(tmp_path / "bad")])
+    assert "sha256" in str(e.value.code) and prepare_shakespeare.SHA256 in str(e.value.code)
+    assert not list((tmp_path / "bad").glob("*"))
+
+
+def test_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(SystemExit) as e:
+        prepare_shakespeare.main(["--download", "--out_dir", str(tmp_path)])
+    assert prepare_shakespeare.URL in str(e.value.code) and "shipped copy" in str(e.value.code)
