@@ -1,0 +1,194 @@
+"""
+FineWeb-Edu (or any dataset with a text column) tokenized with GPT-2 BPE into uint16 shards.
+
+    python prepare_fineweb.py                                   # fineweb-edu sample-10BT -> data/fineweb_edu
+    python prepare_fineweb.py --dataset HuggingFaceFW/fineweb --name sample-10BT --out_dir data/fineweb
+    python prepare_fineweb.py --data_files a.parquet b.parquet --out_dir data/mine   # local files, offline
+
+Every document becomes <|endoftext|> followed by its tokens, the layout of llm.c's shards.
+The token stream is cut into shards of --shard_size tokens: shard 0 is val, the others are
+train, the last one holds the remainder. Documents are tokenized by --num_proc processes in
+order, so the shards are the same for any number of them.
+
+Local --data_files are parquet, jsonl (one JSON object per line) or txt, where one .txt file
+is one document: plain text has no reliable document boundary inside a file.
+
+An interrupted run resumes when run again with the same arguments: the full shards on disk
+are kept, the documents are tokenized again up to their end (and checked against them), and
+the rest is written anew, so the result is that of an uninterrupted run.
+"""
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import data
+
+PREFIX = "fineweb"
+BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
+DOCS_PER_TASK = 64  # a message to a worker per document costs more than it carries
+
+_enc = None  # each worker's tokenizer
+
+
+def _init_worker(vocab_file):
+    global _enc
+    _enc = data.gpt2_encoding(vocab_file)
+
+
+def _tokenize(texts):
+    tokens = []
+    for text in texts:
+        tokens.append(_enc.eot_token)
+        tokens.extend(_enc.encode_ordinary(text))
+    return np.array(tokens, dtype=np.uint16)
+
+
+def open_batches(args):
+    """The documents' texts in order, in lists of DOCS_PER_TASK."""
+    try:
+        import datasets  # only here: machines that only train need not install it
+    except ImportError:
+        raise RuntimeError("prepare_fineweb.py needs the datasets package: pip install datasets") from None
+
+    if args.data_files:
+        kinds = {BUILDERS.get(Path(f).suffix) for f in args.data_files}
+        if len(kinds) != 1 or None in kinds:
+            raise ValueError(f"--data_files must be all .parquet, all .jsonl or all .txt: {' '.join(args.data_files)}")
+        builder = kinds.pop()
+        options = {"sample_by": "document"} if builder == "text" else {}
+        ds = datasets.load_dataset(builder, data_files=args.data_files, split="train",
+                                   streaming=args.streaming, **options)
+    else:
+        ds = datasets.load_dataset(args.dataset, name=args.name or None, split=args.split, streaming=args.streaming)
+    ds = ds.select_columns([args.text_column])  # the other columns need not be decoded
+    return (batch[args.text_column] for batch in ds.iter(batch_size=DOCS_PER_TASK))
+
+
+def shard_path(out_dir, index):
+    return out_dir / data.shard_name(PREFIX, "val" if index == 0 else "train", index)
+
+
+def count_finished(out_dir, shard_size, limit):
+    """How many shards, from shard 0 on, an earlier run has finished: valid and full."""
+    n = 0
+    while n < limit:
+        try:
+            if data.shard_length(shard_path(out_dir, n)) != shard_size:
+                break
+        except (OSError, ValueError):
+            break
+        n += 1
+    return n
+
+
+def remove_unfinished(out_dir, finished):
+    keep = {shard_path(out_dir, i) for i in range(finished)}
+    for path in [*out_dir.glob(f"{PREFIX}_*.bin"), *out_dir.glob(f"{PREFIX}_*.bin.tmp"), out_dir / data.META_FILE]:
+        if path not in keep and path.exists():
+            path.unlink()
+
+
+def save_shard(out_dir, index, tokens, finished):
+    path = shard_path(out_dir, index)
+    if index >= finished:
+        data.write_shard(path, tokens)
+    elif not np.array_equal(data.read_shard(path), tokens):
+        raise ValueError(f"{path} differs from what this run makes: it was made from other data or settings; "
+                         f"remove it or choose another --out_dir")
+
+
+def prepare(args):
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = data.gpt2_encoding(args.vocab_file)  # fail before starting workers
+    batches = open_batches(args)
+    limit = args.max_tokens // args.shard_size if args.max_tokens else float("inf")
+    finished = count_finished(out_dir, args.shard_size, limit)
+    remove_unfinished(out_dir, finished)
+    if finished:
+        print(f"resuming: keeping {finished} finished shards, re-tokenizing the documents they hold")
+
+    shard = np.empty(args.shard_size, dtype=np.uint16)  # the one buffer: memory is bounded by the shard size
+    fill = index = total = docs = 0
+    t0 = time.time()
+    workers = (mp.Pool(args.num_proc, _init_worker, (args.vocab_file,)) if args.num_proc > 1
+               else contextlib.nullcontext())
+    with workers as pool, tqdm(total=args.max_tokens, unit="tok", unit_scale=True, desc="tokenizing") as bar:
+        if pool:
+            # imap keeps the documents' order. It reads ahead only as far as the pipe to the workers
+            # holds, and this loop takes results faster than they come, so memory does not grow.
+            stream = pool.imap(_tokenize, batches)
+        else:
+            _init_worker(args.vocab_file)
+            stream = map(_tokenize, batches)
+        for tokens in stream:
+            if args.max_tokens:
+                tokens = tokens[:args.max_tokens - total]
+            docs += int(np.count_nonzero(tokens == enc.eot_token))  # one a document, and text never encodes to it
+            total += len(tokens)
+            bar.update(len(tokens))
+            bar.set_postfix(docs=docs, refresh=False)
+            while len(tokens):
+                take = min(len(tokens), args.shard_size - fill)
+                shard[fill:fill + take] = tokens[:take]
+                fill += take
+                tokens = tokens[take:]
+                if fill == args.shard_size:
+                    save_shard(out_dir, index, shard, finished)
+                    index += 1
+                    fill = 0
+            if args.max_tokens and total >= args.max_tokens:
+                break
+    if fill:
+        save_shard(out_dir, index, shard[:fill], finished)
+        index += 1
+    if total == 0:
+        raise ValueError("the dataset gave no tokens")
+    if index < finished:
+        raise ValueError(f"{out_dir} holds more finished shards than this run makes: "
+                         f"they were made from other data or settings")
+    seconds = time.time() - t0
+
+    val = min(total, args.shard_size)
+    data.write_meta(out_dir, {
+        "tokenizer": "gpt2", "vocab_size": enc.n_vocab, "train_tokens": total - val, "val_tokens": val,
+        "documents": docs, "shards": index, "shard_size": args.shard_size,
+        "source": args.data_files or {"dataset": args.dataset, "name": args.name, "split": args.split},
+    })
+    print(f"{out_dir}: {index} shards, {total:,} tokens from {docs:,} documents "
+          f"in {seconds:.1f}s ({total / seconds:,.0f} tokens/s)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu", help="a Hugging Face dataset")
+    parser.add_argument("--name", default="sample-10BT", help="its config; '' for none")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
+                        help="read while tokenizing instead of downloading the whole dataset first")
+    parser.add_argument("--data_files", nargs="+", help="local .parquet, .jsonl or .txt files, instead of --dataset")
+    parser.add_argument("--out_dir", default="data/fineweb_edu")
+    parser.add_argument("--shard_size", type=int, default=100_000_000, help="tokens per shard")
+    parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes")
+    parser.add_argument("--max_tokens", type=int, help="stop after this many tokens")
+    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${data.GPT2_ENV} or the shipped one)")
+    args = parser.parse_args(argv)
+    if args.shard_size < 1 or args.num_proc < 1 or (args.max_tokens is not None and args.max_tokens < 1):
+        parser.error("--shard_size, --num_proc and --max_tokens must be positive")
+    try:
+        prepare(args)
+    except (OSError, ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import data
+import prepare_fineweb
+
+SHARD = 50_000  # the sample's 809,122 tokens make 17 shards
+
+
+@pytest.fixture(scope="module")
+def sample(shared_data):
+    files = sorted(str(p) for p in (shared_data / "fineweb_sample").glob("*.parquet"))
+    texts = [t for f in files for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
+    return files, texts
+
+
+def _stream(texts):
+    """What the shards must hold: every document as <|endoftext|> and its tokens."""
+    enc = data.gpt2_encoding()
+    return np.concatenate([[50256] + enc.encode_ordinary(t) for t in texts]).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def expected(sample):
+    return _stream(sample[1])
+
+
+def _run(files, out_dir, *extra):
+    prepare_fineweb.main(["--data_files", *files, "--out_dir", str(out_dir), "--shard_size", str(SHARD), *extra])
+
+
+def _files(out_dir):
+    return {p.name: p.read_bytes() for p in sorted(Path(out_dir).iterdir())}
+
+
+def _tokens(out_dir):
+    return np.concatenate([data.read_shard(p) for p in sorted(Path(out_dir).glob("*.bin"), key=lambda p: p.name[-10:])])
+
+
+@pytest.fixture(scope="module")
+def reference(sample, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("reference")
+    _run(sample[0], out_dir, "--num_proc", "1")
+    return _files(out_dir)
+
+
+def test_shards_hold_the_document_stream(reference, expected, tmp_path):
+    names = [n for n in reference if n.endswith(".bin")]
+    assert names[-1] == "fineweb_val_000000.bin"
+    assert sorted(names[:-1]) == [f"fineweb_train_{i:06d}.bin" for i in range(1, 17)]
+    for name, raw in reference.items():
+        (tmp_path / name).write_bytes(raw)
+    np.testing.assert_array_equal(_tokens(tmp_path), expected)
+    assert all(len(data.read_shard(tmp_path / n)) == SHARD for n in names if not n.endswith("16.bin"))
+    meta = json.loads(reference["meta.json"])
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257
+    assert (meta["val_tokens"], meta["train_tokens"]) == (SHARD, len(expected) - SHARD)
+    assert meta["documents"] == 500 and meta["shards"] == 17
+    assert data.ShardLoader(tmp_path, "val", 2, 64).next_batch()[0][0, 0] == 50256
+
+
+def test_any_number_of_processes_gives_the_same_shards(sample, reference, tmp_path):
+    _run(sample[0], tmp_path, "--num_proc", "2")
+    assert _files(tmp_path) == reference
+
+
+def test_interrupted_run_resumes_to_the_same_result(sample, reference, tmp_path, monkeypatch):
+    write_shard = data.write_shard
+    written = []
+
+    def crash_after_five(path, tokens):
+        if len(written) == 5:
+            raise KeyboardInterrupt  # e.g. Ctrl-C while writing the sixth shard
+        write_shard(path, tokens)
+        written.append(Path(path).name)
+    monkeypatch.setattr(data, "write_shard", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        _run(sample[0], tmp_path, "--num_proc", "2")
+    assert len(list(tmp_path.glob("*.bin"))) == 5 and not (tmp_path / "meta.json").exists()
+
+    # what else a crash can leave: a temp file, a shard cut short
+    (tmp_path / "fineweb_train_000005.bin.tmp").write_bytes(b"partial")
+    last = tmp_path / "fineweb_train_000004.bin"
+    last.write_bytes(last.read_bytes()[:-100])
+    written.clear()
+    def spy(path, tokens):
+        written.append(Path(path).name)
+        write_shard(path, tokens)
+    monkeypatch.setattr(data, "write_shard", spy)
+    _run(sample[0], tmp_path, "--num_proc", "2")
+    assert _files(tmp_path) == reference
+    assert written == [f"fineweb_train_{i:06d}.bin" for i in range(4, 17)]  # the four good shards were kept
+
+
+def test_resume_refuses_shards_from_other_data(sample, reference, tmp_path):
+    for name, raw in reference.items():
+        (tmp_path / name).write_bytes(raw)
+    other = tmp_path / "fineweb_train_000003.bin"
+    tokens = np.array(data.read_shard(other))
+    tokens[7] += 1
+    data.write_shard(other, tokens)
+    with pytest.raises(SystemExit) as e:
+        _run(sample[0], tmp_path, "--num_proc", "1")
+    assert str(other) in str(e.value.code) and "differs" in str(e.value.code)
+
+
+def test_max_tokens_stops_early(sample, expected, tmp_path):
+    _run(sample[0], tmp_path, "--num_proc", "2", "--max_tokens", "120000")
+    assert sorted(p.name for p in tmp_path.glob("*.bin")) == [
+        "fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_val_000000.bin"]
+    np.testing.assert_array_equal(_tokens(tmp_path), expected[:120_000])
+    assert data.read_meta(tmp_path)["train_tokens"] == 70_000
+
+
+def test_jsonl_and_txt_files(sample, tmp_path):
+    texts = sample[1][:6]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(texts)))
+    prepare_fineweb.main(["--data_files", str(jsonl), "--text_column", "body", "--out_dir", str(tmp_path / "j"),
+                          "--num_proc", "1"])
+    np.testing.assert_array_equal(data.read_shard(tmp_path / "j" / "fineweb_val_000000.bin"), _stream(texts))
+
+    # one .txt file is one document, blank lines and all
+    txts = []
+    for i, t in enumerate(texts[:3]):
+        txts.append(tmp_path / f"doc{i}.txt")
+        txts[-1].write_text(t + "\n\nlast line\n")
+    prepare_fineweb.main(["--data_files", *map(str, txts), "--out_dir", str(tmp_path / "t"), "--num_proc", "1"])
+    np.testing.assert_array_equal(data.read_shard(tmp_path / "t" / "fineweb_val_000000.bin"),
+                                  _stream([t.read_text() for t in txts]))
+
+
+def test_user_errors_are_one_line(sample, tmp_path):
+    for argv, message in [
+        (["--data_files", *sample[0], "--text_column", "body"], "body"),
+        (["--data_files", sample[0][0], str(tmp_path / "x.csv")], "x.csv"),
+        (["--data_files", *sample[0], "--vocab_file", str(tmp_path / "none.tiktoken")], "none.tiktoken"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            prepare_fineweb.main([*argv, "--out_dir", str(tmp_path / "out"), "--num_proc", "1"])
+        assert message in str(e.value.code) and "\n" not in str(e.value.code)
+
+
+def test_spawned_workers(sample, reference, tmp_path):
+    # macOS and Windows start workers by spawning: they must import, not inherit, what they run
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import multiprocessing, sys\n"
+        "import prepare_fineweb\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method('spawn')\n"
+        "    prepare_fineweb.main(sys.argv[1:])\n")
+    out_dir = tmp_path / "out"
+    repo = Path(prepare_fineweb.__file__).parent
+    subprocess.run([sys.executable, str(script), "--data_files", *sample[0], "--out_dir", str(out_dir),
+                    "--shard_size", str(SHARD), "--num_proc", "2"],
+                   check=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True)
+    assert _files(out_dir) == reference
