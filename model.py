@@ -55,14 +55,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size), the layout SDPA wants
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        causal = True
+        if cache is not None:
+            # a prompt into an empty cache is causal as usual; a new token attends to everything cached
+            causal = cache.length == 0
+            if not causal and T != 1:
+                raise ValueError("a KV cache takes a prompt, then one token at a time")
+            k, v = cache.append(k, v)
         # Dispatches to flash attention on GPUs; dropout_p must be 0 in eval, SDPA does not know the mode.
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -88,9 +95,33 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """One attention layer's keys and values for the tokens seen so far, so that generation
+    computes each new token's attention without recomputing the prefix."""
+
+    def __init__(self, max_len):
+        self.max_len, self.length = max_len, 0
+        self.k = self.v = None
+
+    def append(self, k, v):
+        if self.k is None:  # allocated on first use, in whatever dtype autocast gives k and v
+            B, n_head, _, head_size = k.shape
+            self.k = k.new_empty(B, n_head, self.max_len, head_size)
+            self.v = v.new_empty(B, n_head, self.max_len, head_size)
+        end = self.length + k.size(2)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index):
+        """Keep the sequences at `index` of the batch (beam search)."""
+        self.k, self.v = self.k[index], self.v[index]
 
 
 class GPT(nn.Module):
@@ -129,16 +160,23 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_caches=None):
+        """kv_caches: one KVCache per layer, for generation; idx then continues the cached tokens."""
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        start = kv_caches[0].length if kv_caches else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.transformer.h:
-            # non-reentrant checkpointing restores the RNG state, so dropout masks are identical on recompute
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        for i, block in enumerate(self.transformer.h):
+            if kv_caches:
+                x = block(x, kv_caches[i])
+            elif recompute:
+                # non-reentrant checkpointing restores the RNG state, so dropout masks match on recompute
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         x = self.transformer.ln_f(x)
         if targets is None:
             # generation needs only the next token's distribution: skip the other T-1 (large) head matmuls
@@ -146,6 +184,85 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                 seed=None, kv_cache=True):
+        """Continue each row of idx (B, T), yielding the next tokens, shape (B,), one step at a time.
+        temperature 0 is greedy. A row that has produced stop_token yields stop_token from then on,
+        and generation ends when every row has. Call model.eval() first.
+
+        With kv_cache the prompt is processed once and then one token per step. Once the sequence
+        outgrows block_size, the context is its last block_size tokens; GPT-2's learned absolute
+        positions then shift every step, so each step recomputes that window, cache or not."""
+        generator = torch.Generator(device=idx.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        block_size = self.config.block_size
+        caches = None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            if kv_cache and idx.size(1) <= block_size:
+                if caches is None:
+                    caches = [KVCache(block_size) for _ in self.transformer.h]
+                    logits, _ = self(idx, kv_caches=caches)
+                else:
+                    logits, _ = self(idx[:, -1:], kv_caches=caches)
+            else:
+                logits, _ = self(idx[:, -block_size:])
+            token = sample_token(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                token = torch.where(done, stop_token, token)
+                done |= token == stop_token
+            idx = torch.cat((idx, token[:, None]), dim=1)
+            yield token
+            if done.all():
+                return
+
+    @torch.no_grad()
+    def beam_search(self, idx, max_new_tokens, num_beams, stop_token=None, length_penalty=1.0, kv_cache=True):
+        """The num_beams most likely continuations of one prompt idx (1, T), best first, as a list of
+        (score, tokens) with score = sum of log-probabilities / length ** length_penalty.
+        A beam ends at stop_token (which it keeps); the search ends once num_beams have ended."""
+        if idx.size(0) != 1:
+            raise ValueError("beam search takes one prompt at a time")
+        block_size = self.config.block_size
+        beams = idx.expand(num_beams, -1)
+        scores = torch.full((num_beams,), float("-inf"), device=idx.device)
+        scores[0] = 0.0  # all beams start as the same prompt: expand only one of them at first
+        caches, finished = None, []
+        for _ in range(max_new_tokens):
+            if kv_cache and beams.size(1) <= block_size:
+                if caches is None:
+                    caches = [KVCache(block_size) for _ in self.transformer.h]
+                    logits, _ = self(beams, kv_caches=caches)
+                else:
+                    logits, _ = self(beams[:, -1:], kv_caches=caches)
+            else:
+                caches = None
+                logits, _ = self(beams[:, -block_size:])
+            candidates = (scores[:, None] + F.log_softmax(logits[:, -1, :].float(), dim=-1)).view(-1)
+            # twice as many as needed, so that num_beams remain after the ended ones are set aside
+            top_scores, top = candidates.topk(min(2 * num_beams, candidates.numel()))
+            vocab_size = logits.size(-1)
+            keep = []
+            for score, flat in zip(top_scores.tolist(), top.tolist()):
+                beam, token = divmod(flat, vocab_size)
+                if token == stop_token:
+                    length = beams.size(1) - idx.size(1) + 1
+                    finished.append((score / length ** length_penalty, beams[beam].tolist()[idx.size(1):] + [token]))
+                elif len(keep) < num_beams and score > float("-inf"):
+                    keep.append((score, beam, token))
+            if len(finished) >= num_beams:
+                break
+            origin = torch.tensor([b for _, b, _ in keep], device=idx.device)
+            tokens = torch.tensor([[t] for _, _, t in keep], device=idx.device)
+            scores = torch.tensor([s for s, _, _ in keep], device=idx.device)
+            beams = torch.cat((beams[origin], tokens), dim=1)
+            for cache in caches or []:
+                cache.reorder(origin)
+        length = beams.size(1) - idx.size(1)
+        finished += [(s / max(length, 1) ** length_penalty, b[idx.size(1):]) for s, b in zip(scores.tolist(), beams.tolist())]
+        return sorted(finished, key=lambda f: f[0], reverse=True)[:num_beams]
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to fine-tune GPT-2 (1024) on shorter sequences."""
@@ -248,6 +365,25 @@ class GPT(nn.Module):
         os.replace(config_path + ".tmp", config_path)
 
 
+def sample_token(logits, temperature, top_k, top_p, generator):
+    """One token per row of logits (B, V). temperature 0 takes the argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        # exactly top_k candidates, also when several logits tie with the k-th
+        values, indices = logits.topk(top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        # nucleus: the most likely tokens until their mass reaches top_p (always at least one)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs[mass_before >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
 # HF's GPT-2 uses Conv1D layers, which store these matrices as (in, out); nn.Linear stores (out, in).
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -329,6 +465,25 @@ GPU_PEAK_FLOPS = [
     ("RTX A6000", 155e12),
     ("MI300X", 1307e12),
 ]
+
+
+def pick_device(local_rank=0):
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank}"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device_type):
+    """bf16 where the GPU has it natively (compute capability 8+; emulated it is slower than
+    fp16), fp16 (with loss scaling) on older GPUs, fp32 elsewhere."""
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
+    return "float32"
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def gpu_peak_flops(device_name):
