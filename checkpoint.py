@@ -1,0 +1,42 @@
+"""
+The checkpoint format, written by train.py and read by train.py (resume) and sample.py.
+
+A checkpoint is one torch.save'd dict of tensors and plain values, so that it loads with
+torch.load(weights_only=True) and nothing is ever unpickled:
+    model        state_dict of the bare GPT (never DDP- or compile-wrapped)
+    model_args   GPTConfig fields
+    optimizer    AdamW state_dict;  scaler: GradScaler state_dict
+    iter_num     optimizer steps taken;  best_val_loss
+    config       train.py's whole configuration
+    meta         the dataset's meta.json (tokenizer, vocab), so sampling needs no data directory
+    rng          per-rank CPU (and CUDA) generator states
+    loader       the train loader's position;  log_offset: bytes of log.jsonl written so far
+"""
+
+import os
+
+import torch
+
+from model import GPT, GPTConfig
+
+
+def save_checkpoint(ckpt, path):
+    # temp file then rename: a crash mid-write never destroys the previous checkpoint
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...: one clear line rather than a deep traceback
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or not ours?): {e}") from None
+
+
+def model_from_checkpoint(ckpt):
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model

@@ -1,0 +1,9 @@
+# Loss of OpenAI's gpt2-large on the FineWeb-Edu val shard (python prepare_fineweb.py first):
+# python train.py config/eval_gpt2_large.py
+init_from = "gpt2-large"
+dataset = "fineweb_edu"
+out_dir = "out-eval-gpt2-large"
+batch_size = 8
+eval_iters = 500  # 500 x 8 x 1024 = 4M tokens
+eval_only = True
+wandb_log = False

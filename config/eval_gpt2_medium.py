@@ -1,0 +1,9 @@
+# Loss of OpenAI's gpt2-medium on the FineWeb-Edu val shard (python prepare_fineweb.py first):
+# python train.py config/eval_gpt2_medium.py
+init_from = "gpt2-medium"
+dataset = "fineweb_edu"
+out_dir = "out-eval-gpt2-medium"
+batch_size = 8
+eval_iters = 500  # 500 x 8 x 1024 = 4M tokens
+eval_only = True
+wandb_log = False

@@ -1,0 +1,29 @@
+# The character-level Shakespeare model sized for a laptop CPU: trains in a few minutes.
+# python prepare_shakespeare.py && python train.py config/train_shakespeare_char_cpu.py
+# (the same model as nanoGPT's CPU command line: 4 layers, 4 heads, 128 wide, context 64)
+
+out_dir = "out-shakespeare-char-cpu"
+eval_interval = 250
+eval_iters = 20
+log_interval = 10
+always_save_checkpoint = False
+
+dataset = "shakespeare_char"
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+
+learning_rate = 1e-3
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100
+
+device = "cpu"
+compile = False  # compiling costs more than it saves at this size on a CPU

@@ -1,0 +1,195 @@
+"""train.py end to end, as users run it: subprocesses on CPU, tiny models, few steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import prepare_shakespeare
+from model import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
+        "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1",
+        "--warmup_iters=2", "--lr_decay_iters=30", "--learning_rate=3e-3", "--dropout=0.1", "--eval_interval=4"]
+TIMING = ("ms", "tokens_per_sec", "mfu")
+
+
+def train(*args, cwd=REPO, command=None, check=True):
+    command = command or [sys.executable, str(REPO / "train.py")]
+    result = subprocess.run([*command, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_log(out_dir):
+    """log.jsonl without the timings, which differ from run to run."""
+    lines = (out_dir / "log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def load(out_dir, name="ckpt.pt"):
+    return torch.load(out_dir / name, weights_only=True)
+
+
+def assert_same_state(a, b):
+    assert a["iter_num"] == b["iter_num"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for i, state in a["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][i][key]), (i, key)
+    assert a["loader"] == b["loader"]
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shakespeare_char")
+    prepare_shakespeare.main(["--out_dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(char_data, tmp_path_factory):
+    """An uninterrupted 12-step run that the resumed runs must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    train(*TINY, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=12")
+    return out
+
+
+def test_overfits_one_batch(tmp_path):
+    # one train window exactly, so every batch is the same batch
+    rng = np.random.default_rng(0)
+    data.write_shard(tmp_path / "train_000000.bin", rng.integers(0, 50, 33))
+    data.write_shard(tmp_path / "val_000000.bin", rng.integers(0, 50, 33))
+    data.write_meta(tmp_path, {"tokenizer": "char", "vocab_size": 50, "chars": [chr(65 + i) for i in range(50)]})
+    out = tmp_path / "out"
+    train(*TINY, f"--dataset={tmp_path}", f"--out_dir={out}", "--dropout=0.0", "--max_iters=150",
+          "--lr_decay_iters=150", "--learning_rate=1e-2", "--eval_interval=1000")
+    losses = [r["train_loss"] for r in read_log(out) if "train_loss" in r]
+    assert losses[0] > 3.5 and losses[-1] < 0.05
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 9])
+def test_resume_is_exact(char_data, reference, tmp_path, stop_at):
+    # a run cut short at stop_at, then resumed to the end, equals the uninterrupted run bit for bit
+    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
+    train(*common, f"--max_iters={stop_at}")
+    result = train(*common, "--init_from=resume", "--max_iters=12")
+    assert f"resuming {tmp_path} at iter {stop_at}; max_iters: {stop_at} -> 12" in result.stdout
+    assert_same_state(load(tmp_path), load(reference))
+    assert read_log(tmp_path) == read_log(reference)
+
+
+def test_checkpoints_are_plain_and_best_is_kept(reference):
+    ckpt, best = load(reference), load(reference, "best.pt")
+    assert ckpt["iter_num"] == 12 and best["iter_num"] <= 12
+    val = {r["iter"]: r["val_loss"] for r in read_log(reference) if "val_loss" in r}
+    assert best["best_val_loss"] == min(val.values()) == val[best["iter_num"]]
+    assert not any(name.startswith("_orig_mod.") for name in ckpt["model"])
+    assert ckpt["meta"]["tokenizer"] == "char" and ckpt["model_args"]["vocab_size"] == 65
+    assert not list(reference.glob("*.tmp"))
+
+
+def test_sigterm_saves_and_resumes_exactly(char_data, tmp_path):
+    common = [*TINY, f"--dataset={char_data}"]
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"--out_dir={stopped}",
+                             "--max_iters=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (stopped / "log.jsonl").exists() or len(read_log(stopped)) < 6:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    stop_at = load(stopped)["iter_num"]
+    assert "stopped by signal at iter" in stdout and 4 < stop_at < 100000
+
+    train(*common, f"--out_dir={stopped}", "--init_from=resume", f"--max_iters={stop_at + 3}")
+    uninterrupted = tmp_path / "uninterrupted"
+    train(*common, f"--out_dir={uninterrupted}", f"--max_iters={stop_at + 3}")
+    assert_same_state(load(stopped), load(uninterrupted))
+    assert read_log(stopped) == read_log(uninterrupted)
+
+
+def test_ddp_matches_one_process(char_data, tmp_path):
+    # the same global batch (4 micro-batches of 4), over 2 gloo ranks or in one process
+    common = [*TINY, f"--dataset={char_data}", "--dropout=0.0", "--gradient_accumulation_steps=4", "--max_iters=5"]
+    train(*common, f"--out_dir={tmp_path / 'single'}")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(REPO / "train.py")]
+    train(*common, f"--out_dir={tmp_path / 'ddp'}", command=torchrun)
+    single, ddp = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
+    assert [sorted(r) for r in single] == [sorted(r) for r in ddp] and len(single) == 7
+    for a, b in zip(single, ddp):
+        for key in ("train_loss", "val_loss", "grad_norm"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-5, (a, b)
+    for name, tensor in load(tmp_path / "single")["model"].items():
+        torch.testing.assert_close(load(tmp_path / "ddp")["model"][name], tensor, atol=1e-5, rtol=0)
+
+
+def test_nanogpt_cpu_command_line(char_data, tmp_path):
+    # nanoGPT's README command for a CPU, unchanged but for a shorter run
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shakespeare_char").symlink_to(char_data)
+    (tmp_path / "config").symlink_to(REPO / "config")
+    train("config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+          "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+          "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0", "--max_iters=6", cwd=tmp_path)
+    ckpt = load(tmp_path / "out-shakespeare-char")
+    assert ckpt["iter_num"] == 6 and ckpt["model_args"]["n_layer"] == 4 and ckpt["model_args"]["block_size"] == 64
+
+
+def test_finetunes_a_local_hf_directory(tmp_path):
+    hf_dir, gpt2_data = tmp_path / "hf", tmp_path / "shakespeare"
+    GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=16)).save_pretrained(hf_dir)
+    prepare_shakespeare.main(["--tokenizer", "gpt2", "--out_dir", str(gpt2_data)])
+    out = tmp_path / "out"
+    train(f"--init_from={hf_dir}", f"--dataset={gpt2_data}", f"--out_dir={out}", "--device=cpu", "--compile=False",
+          "--block_size=32", "--batch_size=2", "--gradient_accumulation_steps=1", "--max_iters=2",
+          "--eval_iters=1", "--learning_rate=3e-5", "--decay_lr=False")
+    ckpt = load(out)
+    assert ckpt["model_args"]["block_size"] == 32 and ckpt["model_args"]["vocab_size"] == 50257
+    assert ckpt["model"]["transformer.wpe.weight"].shape == (32, 16)
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
+    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
+    train(*common, "--max_iters=4")
+    good = load(tmp_path)
+    result = train(*common, "--init_from=resume", "--max_iters=12", "--learning_rate=1e30", "--grad_clip=0.0",
+                   check=False)
+    assert result.returncode != 0
+    assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
+    assert_same_state(load(tmp_path), good)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n_layers=3"], "unknown config key 'n_layers' in --n_layers=3; did you mean 'n_layer'?"),
+    (["--dataset=/nonexistent/dir"], "data directory /nonexistent/dir does not exist"),
+    (["--total_batch_size=1000"], "total_batch_size=1000 is not a multiple of batch_size * block_size"),
+    (["--init_from=resume"], "no checkpoint at"),
+])
+def test_configuration_errors(char_data, tmp_path, args, message):
+    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
+
+
+def test_resume_refuses_a_new_shape(char_data, reference, tmp_path):
+    os.makedirs(tmp_path / "out")
+    (tmp_path / "out" / "ckpt.pt").write_bytes((reference / "ckpt.pt").read_bytes())
+    result = train(f"--out_dir={tmp_path / 'out'}", "--init_from=resume", "--n_embd=64", check=False)
+    assert result.returncode != 0
+    assert "n_embd=64 but the checkpoint" in result.stderr

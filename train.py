@@ -1,0 +1,365 @@
+"""
+Train a GPT on a CPU, one GPU, or many GPUs on one or several nodes.
+
+  python train.py config/train_shakespeare_char_cpu.py                      # a laptop CPU
+  python train.py config/train_shakespeare_char.py                          # one GPU
+  torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py    # one 8-GPU node
+  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
+      --rdzv_endpoint=HOST:29500 train.py config/train_gpt2.py              # each of 2 nodes
+
+Config files and --key=value flags change the defaults below, left to right.
+Resume with the same command plus --init_from=resume.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import load_checkpoint, save_checkpoint
+from configurator import configure
+from data import ShardLoader, read_meta
+from model import DTYPES, GPT, GPTConfig, gpu_peak_flops, pick_device, pick_dtype
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = "out"
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200  # val batches per eval, over all ranks together
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # False: ckpt.pt only when val loss improves, and at the end
+init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a local HF directory
+# wandb logging (optional: pip install wandb)
+wandb_log = False
+wandb_project = "gpt"
+wandb_run_name = "run"
+# data
+dataset = "fineweb_edu"  # a directory under data/, or a path to one
+gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, over all ranks together
+total_batch_size = None  # tokens per optimizer step; when set, gradient_accumulation_steps follows from it
+batch_size = 12  # sequences per micro-step, per rank
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = True  # GPT-2 has biases; only a bias=True model exports to Hugging Face
+activation_checkpointing = False  # recompute block activations in backward: less memory, more compute
+# AdamW
+learning_rate = 6e-4
+max_iters = 600000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # 0 disables clipping
+# learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000
+min_lr = 6e-5
+# system
+backend = "auto"  # DDP backend: nccl on CUDA, gloo on CPU
+device = "auto"  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
+dtype = "auto"  # bfloat16 on GPUs that have it natively, else float16 with loss scaling; float32 on CPU
+compile = True  # torch.compile; falls back to eager with a warning where unsupported
+seed = 1337
+# -----------------------------------------------------------------------------
+defaults = {k: v for k, v in globals().items()
+            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+config, overrides = configure(defaults, sys.argv[1:], usage=__doc__)
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+def or_fail(fn, *args, **kwargs):
+    """Bad input (a missing file, a corrupt shard) ends the run with one line, not a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError) as e:
+        fail(e)
+
+
+# Resuming starts from the run's own saved config; what this command line sets goes on top.
+ckpt = None
+if config["init_from"] == "resume":
+    ckpt = or_fail(load_checkpoint, os.path.join(config["out_dir"], "ckpt.pt"))
+    for key in SHAPE_KEYS:
+        if key in overrides and overrides[key] != ckpt["model_args"][key]:
+            fail(f"{key}={overrides[key]} but the checkpoint in {config['out_dir']} has {key}="
+                 f"{ckpt['model_args'][key]}: a resumed model keeps its shape; use a new out_dir to change it")
+    saved = {k: v for k, v in ckpt["config"].items() if k in defaults}
+    resume_changes = {k: (saved.get(k), v) for k, v in overrides.items() if k != "init_from" and saved.get(k) != v}
+    config = {**defaults, **saved, **overrides, "init_from": "resume"}
+globals().update(config)
+if dtype != "auto" and dtype not in DTYPES:
+    fail(f"dtype={dtype!r}: use auto, {', '.join(DTYPES)}")
+
+# -----------------------------------------------------------------------------
+# processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, on every node
+ddp = "RANK" in os.environ
+rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+                                if ddp else (0, 0, 1))
+master = rank == 0
+if device == "auto":
+    device = pick_device(local_rank)
+device_type = device.split(":")[0]
+if device_type == "cuda":
+    torch.cuda.set_device(device)
+    torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
+if ddp:
+    dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if backend == "auto" else backend)
+
+if total_batch_size is not None:
+    micro_tokens = batch_size * block_size * world_size
+    if total_batch_size % micro_tokens:
+        fail(f"total_batch_size={total_batch_size} is not a multiple of batch_size * block_size * world_size "
+             f"= {micro_tokens}")
+    gradient_accumulation_steps = total_batch_size // (batch_size * block_size)
+if gradient_accumulation_steps % world_size:
+    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} processes")
+accum_steps = gradient_accumulation_steps // world_size
+tokens_per_iter = accum_steps * world_size * batch_size * block_size
+
+if dtype == "auto":
+    dtype = pick_dtype(device_type)
+autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+
+# -----------------------------------------------------------------------------
+# data
+data_dir = dataset if os.path.isdir(dataset) else os.path.join("data", dataset)
+meta = or_fail(read_meta, data_dir)
+loader_args = dict(batch_size=batch_size, block_size=block_size, rank=rank, world_size=world_size, seed=seed,
+                   device=device)
+train_loader = or_fail(ShardLoader, data_dir, "train", **loader_args)
+val_loader = or_fail(ShardLoader, data_dir, "val", **loader_args)
+
+# -----------------------------------------------------------------------------
+# model and optimizer
+torch.manual_seed(seed)  # the same initial weights on every rank
+if init_from == "scratch":
+    vocab_size = meta["vocab_size"] if meta else 50304  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
+    model_args = dict(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                      n_embd=n_embd, dropout=dropout, bias=bias)
+    model = GPT(GPTConfig(**model_args))
+elif init_from == "resume":
+    model_args = {**ckpt["model_args"], "dropout": dropout}  # dropout may change, the shape may not
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(ckpt["model"])
+else:
+    if meta and meta["tokenizer"] != "gpt2":
+        fail(f"init_from={init_from} needs a GPT-2 BPE dataset, but {data_dir} is tokenized as {meta['tokenizer']}")
+    model = or_fail(GPT.from_pretrained, init_from, dropout=dropout, block_size=block_size)
+    model_args = vars(model.config).copy()
+if meta and meta["vocab_size"] > model.config.vocab_size:
+    fail(f"{data_dir} has {meta['vocab_size']} token ids but the model only {model.config.vocab_size}")
+model.activation_checkpointing = activation_checkpointing
+model.to(device)
+raw_model = model  # the bare GPT: what checkpoints hold, never a compiled or DDP wrapper
+
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # loss scaling: fp16 only
+iter_num, best_val_loss = 0, float("inf")
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    train_loader.load_state_dict(ckpt["loader"])
+# each rank its own dropout stream; a resumed run takes up exactly where its ranks left off
+if ckpt is not None and len(ckpt["rng"]) == world_size:
+    torch.set_rng_state(ckpt["rng"][rank]["cpu"])
+    if device_type == "cuda" and "cuda" in ckpt["rng"][rank]:
+        torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
+else:
+    torch.manual_seed(seed + 1 + rank)
+
+if compile:
+    try:
+        model = torch.compile(model)
+    except RuntimeError as e:  # e.g. a Python version or platform that dynamo does not support yet
+        print(f"warning: torch.compile unavailable ({e}); running eager", file=sys.stderr)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+
+
+def get_lr(it):
+    if it < warmup_iters:  # linear warmup that does not start at zero
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def evaluate():
+    """Mean loss over the first eval_iters val batches, the same ones at every eval and for any
+    number of ranks: rank r takes batches r, r + world_size, ... of them."""
+    model.eval()
+    val_loader.reset()
+    total = torch.zeros((), device=device)
+    for _ in range(rank, eval_iters, world_size):
+        x, y = val_loader.next_batch()
+        with autocast:
+            _, loss = model(x, y)
+        total += loss.float()
+    model.train()
+    if ddp:
+        dist.all_reduce(total)
+    return total.item() / eval_iters
+
+
+# -----------------------------------------------------------------------------
+# logging: a line per log_interval on stdout, the same as JSON in out_dir/log.jsonl
+log_path = os.path.join(out_dir, "log.jsonl")
+log_file = None
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    if ckpt is not None:  # drop what was logged after the checkpoint: those steps are redone
+        with open(log_path, "rb") as f:
+            kept = f.read(ckpt["log_offset"])
+        with open(log_path + ".tmp", "wb") as f:
+            f.write(kept)
+        os.replace(log_path + ".tmp", log_path)
+    log_file = open(log_path, "a" if ckpt is not None else "w")
+    if wandb_log:
+        import wandb
+
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    print(f"{raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {dtype}, {world_size} process(es) | "
+          f"{tokens_per_iter:,} tokens per iteration = {world_size} x {accum_steps} micro-steps x "
+          f"{batch_size} x {block_size}")
+    if ckpt is not None:
+        print(f"resuming {out_dir} at iter {iter_num}" +
+              "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
+ckpt = None  # free its memory
+
+
+def log(record):
+    if master:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if wandb_log:
+            wandb.log(record, step=record["iter"])
+
+
+def save(best):
+    """Every rank calls this (the RNG states are gathered); rank 0 writes ckpt.pt, and best.pt if best."""
+    rng = {"cpu": torch.get_rng_state()}
+    if device_type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state()
+    rngs = [None] * world_size
+    if ddp:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs[0] = rng
+    if not master:
+        return
+    path = os.path.join(out_dir, "ckpt.pt")
+    save_checkpoint(dict(model=raw_model.state_dict(), model_args=model_args, optimizer=optimizer.state_dict(),
+                         scaler=scaler.state_dict(), iter_num=iter_num, best_val_loss=best_val_loss,
+                         config=config, meta=meta, rng=rngs, loader=train_loader.state_dict(),
+                         log_offset=log_file.tell()), path)
+    if best:
+        shutil.copyfile(path, path + ".best.tmp")
+        os.replace(path + ".best.tmp", os.path.join(out_dir, "best.pt"))
+
+
+# Preemption (SIGTERM) and Ctrl-C finish the current step, save, and exit 0; a second Ctrl-C kills.
+stop_signal = None
+
+
+def request_stop(signum, frame):
+    global stop_signal
+    stop_signal = signum
+    signal.signal(signum, signal.SIG_DFL)
+
+
+signal.signal(signal.SIGTERM, request_stop)
+signal.signal(signal.SIGINT, request_stop)
+
+# -----------------------------------------------------------------------------
+# the loop
+resumed_at = iter_num if init_from == "resume" else None  # its eval is already logged and saved
+saved_at = resumed_at
+stop = False
+while True:
+    if eval_only or (iter_num % eval_interval == 0 and iter_num != resumed_at):
+        val_loss = evaluate()
+        if not math.isfinite(val_loss):
+            fail(f"val loss is {val_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept")
+        log({"iter": iter_num, "val_loss": val_loss})
+        if master:
+            print(f"iter {iter_num}: val loss {val_loss:.4f}")
+        if eval_only:
+            break
+        improved = val_loss < best_val_loss
+        best_val_loss = min(best_val_loss, val_loss)
+        if iter_num > 0 and (improved or always_save_checkpoint or iter_num >= max_iters):
+            save(best=improved)
+            saved_at = iter_num
+    if iter_num >= max_iters or stop:
+        break
+
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(accum_steps):
+        x, y = train_loader.next_batch()
+        # DDP all-reduces gradients in backward; only the last micro-step needs it
+        sync = not ddp or micro_step == accum_steps - 1
+        with nullcontext() if sync else model.no_sync():
+            with autocast:
+                _, loss = model(x, y)
+            loss_sum += loss.detach()
+            scaler.scale(loss / accum_steps).backward()
+    grad_norm = None
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    # one small all-reduce a step: the mean loss over micro-steps and ranks, and whether any rank must stop
+    stats = torch.stack([loss_sum / accum_steps, torch.tensor(float(stop_signal is not None), device=device)])
+    if ddp:
+        dist.all_reduce(stats)
+    train_loss, stop = stats[0].item() / world_size, stats[1].item() > 0
+    dt = time.perf_counter() - t0
+    if not math.isfinite(train_loss):
+        fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept "
+             "(try a lower learning_rate, or bfloat16 instead of float16)")
+    if iter_num % log_interval == 0:
+        mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
+        record = {"iter": iter_num, "train_loss": train_loss, "lr": lr,
+                  "grad_norm": None if grad_norm is None else grad_norm.item(),
+                  "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu}
+        log(record)
+        if master:
+            norm = "" if grad_norm is None else f", norm {record['grad_norm']:.2f}"
+            print(f"iter {iter_num}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
+                  f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+    iter_num += 1
+
+if not eval_only and saved_at != iter_num:
+    save(best=False)
+if master and stop:
+    print(f"stopped by signal at iter {iter_num}: checkpoint in {out_dir}; continue with --init_from=resume")
+if ddp:
+    dist.destroy_process_group()
