@@ -10,6 +10,7 @@ here, a meta.json that names the tokenizer.
 """
 
 import base64
+import codecs
 import hashlib
 import json
 import os
@@ -179,6 +180,12 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def stream_decoder(self):
+        """A function from one token to the text it completes. Byte-level BPE can split a
+        character's UTF-8 bytes over tokens: those bytes wait until the character is whole."""
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
+
 
 class CharTokenizer:
     def __init__(self, chars):
@@ -195,6 +202,9 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
+
+    def stream_decoder(self):
+        return lambda token: self.chars[token]
 
 
 def get_tokenizer(meta, vocab_file=None):

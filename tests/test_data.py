@@ -167,10 +167,24 @@ def test_no_gpt2_ranks_anywhere_says_how_to_provide_them(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+def test_streaming_decode_keeps_multibyte_characters_whole():
+    tok = data.get_tokenizer({"tokenizer": "gpt2"})
+    text = "naïve café, 日本語 and 🙂🎉!"
+    tokens = tok.encode(text)
+    # the test means something only if some token ends in the middle of a character
+    assert any("\ufffd" in tok.decode([t]) for t in tokens)
+    decode = tok.stream_decoder()
+    pieces = [decode(t) for t in tokens]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
 def test_char_tokenizer():
     tok = data.get_tokenizer({"tokenizer": "char", "vocab_size": 4, "chars": [" ", "a", "b", "c"]})
     assert tok.encode("cab a") == [3, 1, 2, 0, 1]
     assert tok.decode([3, 1, 2, 0, 1]) == "cab a"
+    decode = tok.stream_decoder()
+    assert [decode(t) for t in [3, 1, 2]] == ["c", "a", "b"]
     assert tok.vocab_size == 4 and tok.eot_token is None
     with pytest.raises(ValueError, match="'XZ'"):
         tok.encode("aZbX")

@@ -1,0 +1,130 @@
+"""
+Generate text from a training run's checkpoint or from GPT-2.
+
+  python sample.py --out_dir=out-shakespeare-char-cpu               # out_dir/ckpt.pt
+  python sample.py --out_dir=out-shakespeare --checkpoint=best.pt
+  python sample.py --init_from=gpt2 --start="Once upon a time" --top_p=0.9
+  python sample.py --init_from=/models/gpt2-xl --start=FILE:prompt.txt --num_beams=4
+
+Text is printed as it is generated; tokens/s goes to stderr. The same --key=value flags
+and config files as train.py.
+"""
+
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from configurator import configure
+from data import get_tokenizer
+from model import DTYPES, GPT, pick_device, pick_dtype
+
+# -----------------------------------------------------------------------------
+init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
+out_dir = "out"
+checkpoint = "ckpt.pt"  # or best.pt: the best val loss of the run
+start = "\n"  # the prompt, or FILE:path to read it from a file; empty starts from <|endoftext|>
+num_samples = 3
+max_new_tokens = 500
+temperature = 0.8  # 0 is greedy; below 1 sharper, above 1 more random
+top_k = 200  # sample among the k most likely tokens; None for all
+top_p = 1.0  # nucleus: the most likely tokens whose probability adds up to top_p; 1.0 for all
+num_beams = 1  # above 1: beam search, deterministic, printed when done
+seed = 1337
+device = "auto"
+dtype = "auto"
+compile = False
+kv_cache = True
+out_file = ""  # also write the samples to this file
+# -----------------------------------------------------------------------------
+defaults = {k: v for k, v in globals().items()
+            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+config, _ = configure(defaults, sys.argv[1:], usage=__doc__)
+globals().update(config)
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+if max_new_tokens < 0:
+    fail(f"max_new_tokens={max_new_tokens}: it cannot be negative")
+if top_k is not None and top_k <= 0:
+    fail(f"top_k={top_k}: it must be at least 1 (or None for no limit)")
+if not 0.0 < top_p <= 1.0:
+    fail(f"top_p={top_p}: it must lie in (0, 1]")
+if temperature < 0:
+    fail(f"temperature={temperature}: it cannot be negative")
+if num_beams < 1:
+    fail(f"num_beams={num_beams}: it must be at least 1")
+if dtype != "auto" and dtype not in DTYPES:
+    fail(f"dtype={dtype!r}: use auto, {', '.join(DTYPES)}")
+
+device = pick_device() if device == "auto" else device
+device_type = device.split(":")[0]
+dtype = pick_dtype(device_type) if dtype == "auto" else dtype
+autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+
+# the model, and the tokenizer of the data it was trained on
+try:
+    if init_from == "resume":
+        ckpt = load_checkpoint(os.path.join(out_dir, checkpoint))
+        model = model_from_checkpoint(ckpt)
+        tokenizer = get_tokenizer(ckpt["meta"])
+    else:
+        model = GPT.from_pretrained(init_from)
+        tokenizer = get_tokenizer({"tokenizer": "gpt2"})
+except (OSError, ValueError, RuntimeError) as e:
+    fail(e)
+if not all(torch.isfinite(p).all() for p in model.parameters()):
+    fail("the model's weights contain NaN or inf: this checkpoint is broken; try --checkpoint=best.pt or an earlier run")
+model.eval().to(device)
+if compile:
+    # generate() calls forward, so that is what gets compiled; shapes change as the cache grows
+    model.forward = torch.compile(model.forward, dynamic=True)
+
+if start.startswith("FILE:"):
+    try:
+        with open(start[5:], encoding="utf-8") as f:
+            start = f.read()
+    except OSError as e:
+        fail(f"cannot read the prompt file {start[5:]}: {e.strerror}")
+try:
+    prompt = tokenizer.encode(start)
+except ValueError as e:  # characters a char-level model never saw
+    fail(f"the prompt has {e}")
+if not prompt:  # an empty prompt: start where a document starts
+    prompt = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
+idx = torch.tensor([prompt], dtype=torch.long, device=device)
+stop_token = tokenizer.eot_token  # GPT-2 ends a document with <|endoftext|>; char models never stop early
+
+samples = []
+with autocast:
+    if num_beams > 1:
+        for score, tokens in model.beam_search(idx, max_new_tokens, num_beams, stop_token, kv_cache=kv_cache)[:num_samples]:
+            text = start + tokenizer.decode([t for t in tokens if t != stop_token])
+            print(f"{text}\n[beam score {score:.3f}]\n---------------", flush=True)
+            samples.append(text)
+    for i in range(num_samples if num_beams == 1 else 0):
+        sys.stdout.write(start)
+        decode, text = tokenizer.stream_decoder(), [start]
+        t0, n = time.perf_counter(), 0
+        for token in model.generate(idx, max_new_tokens, temperature, top_k, top_p, stop_token, seed + i, kv_cache):
+            n += 1
+            if token.item() == stop_token:
+                break
+            piece = decode(token.item())  # whole characters only, also when one spans two tokens
+            text.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print("\n---------------", flush=True)
+        print(f"[{n} tokens at {n / (time.perf_counter() - t0):.1f} tokens/s]", file=sys.stderr)
+        samples.append("".join(text))
+
+if out_file:
+    with open(out_file + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n---------------\n".join(samples) + "\n")
+    os.replace(out_file + ".tmp", out_file)

@@ -1,0 +1,94 @@
+"""sample.py end to end: subprocesses, as users run it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import prepare_shakespeare
+from checkpoint import save_checkpoint
+from model import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sample(*args, check=True):
+    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--device=cpu", *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny char-level model that train.py trained for a few steps."""
+    root = tmp_path_factory.mktemp("sample")
+    prepare_shakespeare.main(["--out_dir", str(root / "data")])
+    subprocess.run([sys.executable, str(REPO / "train.py"), f"--dataset={root / 'data'}", f"--out_dir={root / 'out'}",
+                    "--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
+                    "--batch_size=8", "--gradient_accumulation_steps=1", "--max_iters=20", "--eval_interval=10",
+                    "--eval_iters=2", "--learning_rate=1e-2"], check=True, capture_output=True)
+    return root / "out"
+
+
+def test_samples_from_a_training_run(trained, tmp_path):
+    out_file = tmp_path / "generated.txt"
+    result = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50",
+                    f"--out_file={out_file}", "--seed=7")
+    samples = result.stdout.split("\n---------------\n")
+    assert len(samples) == 3 and samples[-1] == ""
+    assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 50 for s in samples[:2])
+    assert out_file.read_text() == "\n---------------\n".join(samples[:2]) + "\n"
+    assert "tokens/s" in result.stderr
+    # the same seed gives the same text, the cache or not; best.pt is there too
+    again = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50", "--seed=7",
+                   "--kv_cache=False", "--checkpoint=best.pt")
+    assert again.stdout == result.stdout
+
+
+def test_prompt_from_a_file_and_beam_search(trained, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("JULIET:\n")
+    result = sample(f"--out_dir={trained}", f"--start=FILE:{prompt}", "--num_beams=3", "--num_samples=2",
+                    "--max_new_tokens=10")
+    beams = result.stdout.split("\n---------------\n")[:2]
+    assert all(b.startswith("JULIET:\n") and "[beam score" in b for b in beams)
+
+
+def test_samples_from_a_local_hf_directory(tmp_path):
+    torch.manual_seed(0)
+    GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)).save_pretrained(tmp_path)
+    result = sample(f"--init_from={tmp_path}", "--start=Hello", "--num_samples=1", "--max_new_tokens=5",
+                    "--temperature=0")
+    assert result.stdout.startswith("Hello")
+    # an empty prompt starts from <|endoftext|>
+    sample(f"--init_from={tmp_path}", "--start=", "--num_samples=1", "--max_new_tokens=5")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start=ROMEO: \u00e9\u4e16"], "characters not in the vocabulary: '\u00e9\u4e16'"),
+    (["--top_k=0"], "top_k=0: it must be at least 1"),
+    (["--top_p=1.5"], "top_p=1.5: it must lie in (0, 1]"),
+    (["--top_p=0.0"], "top_p=0.0: it must lie in (0, 1]"),
+    (["--max_new_tokens=-1"], "max_new_tokens=-1: it cannot be negative"),
+    (["--checkpoint=nothing.pt"], "no checkpoint at"),
+])
+def test_bad_input_is_one_clear_line(trained, args, message):
+    result = sample(f"--out_dir={trained}", *args, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_broken_checkpoints(trained, tmp_path):
+    raw = (trained / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(raw[: len(raw) // 2])
+    result = sample(f"--out_dir={tmp_path}", check=False)
+    assert result.returncode != 0 and "is not a readable checkpoint" in result.stderr
+    ckpt = torch.load(trained / "ckpt.pt", weights_only=True)
+    ckpt["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+    save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
+    result = sample(f"--out_dir={tmp_path}", check=False)
+    assert result.returncode != 0 and "NaN or inf" in result.stderr
