@@ -15,8 +15,10 @@ import sys
 import types
 
 
-def configure(defaults, argv, usage=""):
-    """Returns (config, overrides): the full config, and the keys that argv set, with their values."""
+def configure(defaults, argv, usage="", files_may_set_others=False):
+    """Returns (config, overrides): the full config, and the keys that argv set, with their values.
+    files_may_set_others: config files may set keys this script does not have (a benchmark reading
+    train.py's configs for the model shape); flags never may."""
     config, overrides = dict(defaults), {}
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -26,7 +28,7 @@ def configure(defaults, argv, usage=""):
             key, value = parse_flag(arg, config)
             overrides[key] = value
         else:
-            overrides.update(run_config_file(arg, config))
+            overrides.update(run_config_file(arg, config, files_may_set_others))
         config.update(overrides)
     return config, overrides
 
@@ -45,7 +47,7 @@ def parse_flag(arg, config):
     return key, checked(key, value, config[key], where=arg)
 
 
-def run_config_file(path, config):
+def run_config_file(path, config, may_set_others):
     try:
         with open(path) as f:
             source = f.read()
@@ -59,6 +61,8 @@ def run_config_file(path, config):
     for key, value in assigned.items():
         if key.startswith("_") or isinstance(value, types.ModuleType):
             continue  # modules the file imported
+        if may_set_others and key not in config:
+            continue
         check_key(key, config, where=path)
         changed[key] = checked(key, value, config[key], where=path)
     return changed

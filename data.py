@@ -112,6 +112,11 @@ def read_shard(path):
 # -----------------------------------------------------------------------------
 # metadata: which tokenizer made a dataset, and how many tokens it has
 
+def dataset_dir(dataset):
+    """A dataset named in a config: a directory path, or a name under data/."""
+    return dataset if os.path.isdir(dataset) else os.path.join("data", dataset)
+
+
 def write_meta(data_dir, meta):
     check_vocab_size(meta["vocab_size"])
     path = Path(data_dir) / META_FILE

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
 from configurator import configure
-from data import ShardLoader, read_meta
+from data import ShardLoader, dataset_dir, read_meta
 from model import DTYPES, GPT, GPTConfig, gpu_peak_flops, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
@@ -139,7 +139,7 @@ autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=d
 
 # -----------------------------------------------------------------------------
 # data
-data_dir = dataset if os.path.isdir(dataset) else os.path.join("data", dataset)
+data_dir = dataset_dir(dataset)
 meta = or_fail(read_meta, data_dir)
 loader_args = dict(batch_size=batch_size, block_size=block_size, rank=rank, world_size=world_size, seed=seed,
                    device=device)
@@ -229,7 +229,7 @@ log_path = os.path.join(out_dir, "log.jsonl")
 log_file = None
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    if ckpt is not None:  # drop what was logged after the checkpoint: those steps are redone
+    if ckpt is not None and os.path.exists(log_path):  # drop what was logged after the checkpoint: redone steps
         with open(log_path, "rb") as f:
             kept = f.read(ckpt["log_offset"])
         with open(log_path + ".tmp", "wb") as f:

@@ -56,6 +56,18 @@ def test_unknown_key_in_config_file(tmp_path):
         configure(DEFAULTS, [str(cfg)])
 
 
+def test_files_may_set_other_keys_only_when_allowed(tmp_path):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("out_dir = 'elsewhere'\neval_interval = 250\nbatch_size = 64\n")
+    defaults = {"batch_size": 12, "out_dir": "out"}
+    config, _ = configure(defaults, [str(cfg)], files_may_set_others=True)
+    assert config == {"batch_size": 64, "out_dir": "elsewhere"}
+    with pytest.raises(SystemExit, match="unknown config key 'eval_interval'"):
+        configure(defaults, [str(cfg)])
+    with pytest.raises(SystemExit, match="unknown config key 'eval_interval'"):
+        configure(defaults, ["--eval_interval=5"], files_may_set_others=True)
+
+
 def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit) as e:
         configure(DEFAULTS, ["--help"], usage="usage line")
