@@ -62,7 +62,7 @@ if vocab_size is None:
     vocab_size = meta["vocab_size"] if meta else 50304
 device = pick_device() if device == "auto" else device
 device_type = device.split(":")[0]
-dtype = pick_dtype(device_type) if dtype == "auto" else dtype
+dtype = pick_dtype(device) if dtype == "auto" else dtype
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
 device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {torch.get_num_threads()} threads"
 peak_flops = gpu_peak_flops(device_name) if device_type == "cuda" else None

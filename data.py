@@ -186,10 +186,12 @@ class GPT2Tokenizer:
         return self.enc.decode(ids)
 
     def stream_decoder(self):
-        """A function from one token to the text it completes. Byte-level BPE can split a
-        character's UTF-8 bytes over tokens: those bytes wait until the character is whole."""
+        """A function from one token to the text it completes; None at the end flushes what is
+        left. Byte-level BPE can split a character's UTF-8 bytes over tokens: those bytes wait
+        until the character is whole."""
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return lambda token: utf8.decode(self.enc.decode_single_token_bytes(token))
+        return lambda token: (utf8.decode(b"", final=True) if token is None
+                              else utf8.decode(self.enc.decode_single_token_bytes(token)))
 
 
 class CharTokenizer:
@@ -209,7 +211,7 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def stream_decoder(self):
-        return lambda token: self.chars[token]
+        return lambda token: "" if token is None else self.chars[token]
 
 
 def get_tokenizer(meta, vocab_file=None):

@@ -187,10 +187,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                 seed=None, kv_cache=True):
+                 seed=None, kv_cache=True, vocab_limit=None):
         """Continue each row of idx (B, T), yielding the next tokens, shape (B,), one step at a time.
         temperature 0 is greedy. A row that has produced stop_token yields stop_token from then on,
-        and generation ends when every row has. Call model.eval() first.
+        and generation ends when every row has. Only ids below vocab_limit are drawn: a vocabulary
+        padded for speed (50304) has ids that no tokenizer knows. Call model.eval() first.
 
         With kv_cache the prompt is processed once and then one token per step. Once the sequence
         outgrows block_size, the context is its last block_size tokens; GPT-2's learned absolute
@@ -209,7 +210,7 @@ class GPT(nn.Module):
                     logits, _ = self(idx[:, -1:], kv_caches=caches)
             else:
                 logits, _ = self(idx[:, -block_size:])
-            token = sample_token(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            token = sample_token(logits[:, -1, :vocab_limit].float(), temperature, top_k, top_p, generator)
             if stop_token is not None:
                 token = torch.where(done, stop_token, token)
                 done |= token == stop_token
@@ -219,10 +220,12 @@ class GPT(nn.Module):
                 return
 
     @torch.no_grad()
-    def beam_search(self, idx, max_new_tokens, num_beams, stop_token=None, length_penalty=1.0, kv_cache=True):
+    def beam_search(self, idx, max_new_tokens, num_beams, stop_token=None, length_penalty=1.0, kv_cache=True,
+                    vocab_limit=None):
         """The num_beams most likely continuations of one prompt idx (1, T), best first, as a list of
         (score, tokens) with score = sum of log-probabilities / length ** length_penalty.
-        A beam ends at stop_token (which it keeps); the search ends once num_beams have ended."""
+        A beam ends at stop_token (which it keeps); the search ends once num_beams have ended.
+        vocab_limit as in generate()."""
         if idx.size(0) != 1:
             raise ValueError("beam search takes one prompt at a time")
         block_size = self.config.block_size
@@ -240,17 +243,20 @@ class GPT(nn.Module):
             else:
                 caches = None
                 logits, _ = self(beams[:, -block_size:])
-            candidates = (scores[:, None] + F.log_softmax(logits[:, -1, :].float(), dim=-1)).view(-1)
+            log_probs = F.log_softmax(logits[:, -1, :vocab_limit].float(), dim=-1)
+            candidates = (scores[:, None] + log_probs).view(-1)
             # twice as many as needed, so that num_beams remain after the ended ones are set aside
             top_scores, top = candidates.topk(min(2 * num_beams, candidates.numel()))
-            vocab_size = logits.size(-1)
+            vocab_size = log_probs.size(-1)
             keep = []
             for score, flat in zip(top_scores.tolist(), top.tolist()):
                 beam, token = divmod(flat, vocab_size)
+                if score == float("-inf"):
+                    continue  # a copy of the prompt that is not expanded on the first step
                 if token == stop_token:
                     length = beams.size(1) - idx.size(1) + 1
                     finished.append((score / length ** length_penalty, beams[beam].tolist()[idx.size(1):] + [token]))
-                elif len(keep) < num_beams and score > float("-inf"):
+                elif len(keep) < num_beams:
                     keep.append((score, beam, token))
             if len(finished) >= num_beams:
                 break
@@ -475,11 +481,11 @@ def pick_device(local_rank=0):
     return "cpu"
 
 
-def pick_dtype(device_type):
+def pick_dtype(device):
     """bf16 where the GPU has it natively (compute capability 8+; emulated it is slower than
     fp16), fp16 (with loss scaling) on older GPUs, fp32 elsewhere."""
-    if device_type == "cuda":
-        return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
+    if torch.device(device).type == "cuda":
+        return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
     return "float32"
 
 

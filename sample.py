@@ -65,7 +65,7 @@ if dtype != "auto" and dtype not in DTYPES:
 
 device = pick_device() if device == "auto" else device
 device_type = device.split(":")[0]
-dtype = pick_dtype(device_type) if dtype == "auto" else dtype
+dtype = pick_dtype(device) if dtype == "auto" else dtype
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
 
 # the model, and the tokenizer of the data it was trained on
@@ -104,7 +104,9 @@ stop_token = tokenizer.eot_token  # GPT-2 ends a document with <|endoftext|>; ch
 samples = []
 with autocast:
     if num_beams > 1:
-        for score, tokens in model.beam_search(idx, max_new_tokens, num_beams, stop_token, kv_cache=kv_cache)[:num_samples]:
+        beams = model.beam_search(idx, max_new_tokens, num_beams, stop_token, kv_cache=kv_cache,
+                                  vocab_limit=tokenizer.vocab_size)
+        for score, tokens in beams[:num_samples]:
             text = start + tokenizer.decode([t for t in tokens if t != stop_token])
             print(f"{text}\n[beam score {score:.3f}]\n---------------", flush=True)
             samples.append(text)
@@ -112,7 +114,9 @@ with autocast:
         sys.stdout.write(start)
         decode, text = tokenizer.stream_decoder(), [start]
         t0, n = time.perf_counter(), 0
-        for token in model.generate(idx, max_new_tokens, temperature, top_k, top_p, stop_token, seed + i, kv_cache):
+        tokens = model.generate(idx, max_new_tokens, temperature, top_k, top_p, stop_token, seed + i, kv_cache,
+                                vocab_limit=tokenizer.vocab_size)
+        for token in tokens:
             n += 1
             if token.item() == stop_token:
                 break
@@ -120,6 +124,8 @@ with autocast:
             text.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+        text.append(decode(None))  # bytes of a character that max_new_tokens cut in two
+        sys.stdout.write(text[-1])
         print("\n---------------", flush=True)
         print(f"[{n} tokens at {n / (time.perf_counter() - t0):.1f} tokens/s]", file=sys.stderr)
         samples.append("".join(text))

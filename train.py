@@ -106,6 +106,11 @@ if config["init_from"] == "resume":
 globals().update(config)
 if dtype != "auto" and dtype not in DTYPES:
     fail(f"dtype={dtype!r}: use auto, {', '.join(DTYPES)}")
+for key in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size", "gradient_accumulation_steps"):
+    if config[key] < 1:
+        fail(f"{key}={config[key]}: it must be at least 1")
+if total_batch_size is not None and not isinstance(total_batch_size, int):
+    fail(f"total_batch_size={total_batch_size!r}: give a number of tokens, or None")
 
 # -----------------------------------------------------------------------------
 # processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, on every node
@@ -115,7 +120,11 @@ rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_
 master = rank == 0
 if device == "auto":
     device = pick_device(local_rank)
+elif device == "cuda":  # nanoGPT's spelling: each rank takes its own GPU
+    device = f"cuda:{local_rank}"
 device_type = device.split(":")[0]
+if ddp and device_type == "cuda" and torch.device(device).index != local_rank:
+    fail(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
 if device_type == "cuda":
     torch.cuda.set_device(device)
     torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
@@ -134,7 +143,7 @@ accum_steps = gradient_accumulation_steps // world_size
 tokens_per_iter = accum_steps * world_size * batch_size * block_size
 
 if dtype == "auto":
-    dtype = pick_dtype(device_type)
+    dtype = pick_dtype(device)
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
 
 # -----------------------------------------------------------------------------
@@ -174,7 +183,8 @@ scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # loss s
 iter_num, best_val_loss = 0, float("inf")
 if ckpt is not None:
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # empty when the run did not scale (bf16/fp32): then nothing to restore
+        scaler.load_state_dict(ckpt["scaler"])
     iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
     train_loader.load_state_dict(ckpt["loader"])
 # each rank its own dropout stream; a resumed run takes up exactly where its ranks left off
@@ -188,8 +198,11 @@ else:
 if compile:
     try:
         model = torch.compile(model)
+        # a missing compiler or Triton only shows at the first call: then warn and run that code eager
+        torch._dynamo.config.suppress_errors = True
     except RuntimeError as e:  # e.g. a Python version or platform that dynamo does not support yet
         print(f"warning: torch.compile unavailable ({e}); running eager", file=sys.stderr)
+eval_model = model  # evaluation needs no DDP: ranks may run different numbers of eval batches
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -215,7 +228,7 @@ def evaluate():
     for _ in range(rank, eval_iters, world_size):
         x, y = val_loader.next_batch()
         with autocast:
-            _, loss = model(x, y)
+            _, loss = eval_model(x, y)
         total += loss.float()
     model.train()
     if ddp:
@@ -348,11 +361,11 @@ while True:
     if iter_num % log_interval == 0:
         mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
         record = {"iter": iter_num, "train_loss": train_loss, "lr": lr,
-                  "grad_norm": None if grad_norm is None else grad_norm.item(),
+                  "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
                   "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu}
         log(record)
         if master:
-            norm = "" if grad_norm is None else f", norm {record['grad_norm']:.2f}"
+            norm = "" if record["grad_norm"] is None else f", norm {record['grad_norm']:.2f}"
             print(f"iter {iter_num}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
                   f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
     iter_num += 1

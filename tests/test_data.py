@@ -177,6 +177,11 @@ def test_streaming_decode_keeps_multibyte_characters_whole():
     pieces = [decode(t) for t in tokens]
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
+    assert decode(None) == ""
+    # cut in the middle of a character, the flush at the end gives what is left
+    decode = tok.stream_decoder()
+    partial = "".join(decode(t) for t in tok.encode("a\U0001F642")[:-1])
+    assert partial + decode(None) == "a\ufffd"
 
 
 def test_char_tokenizer():

@@ -268,6 +268,14 @@ def test_seed_and_batch():
         assert torch.equal(batch[row], generated(model, prompts[row:row + 1], 10, temperature=0)[0])
 
 
+def test_vocab_limit_keeps_padding_ids_out():
+    model = tiny_model(vocab_size=100)
+    idx = torch.randint(0, 100, (4, 3))
+    assert generated(model, idx, 50, temperature=5.0, seed=0, vocab_limit=10).max() < 10
+    assert generated(model, idx, 50, temperature=5.0, seed=0).max() >= 10  # without it they do appear
+    assert all(max(tokens) < 10 for _, tokens in model.beam_search(idx[:1], 5, num_beams=3, vocab_limit=10))
+
+
 def test_top_k_keeps_exactly_k_with_ties_and_clamps():
     logits = torch.zeros(1, 10)  # ten-way tie
     generator = torch.Generator().manual_seed(0)

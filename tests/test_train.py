@@ -180,6 +180,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--dataset=/nonexistent/dir"], "data directory /nonexistent/dir does not exist"),
     (["--total_batch_size=1000"], "total_batch_size=1000 is not a multiple of batch_size * block_size"),
     (["--init_from=resume"], "no checkpoint at"),
+    (["--eval_iters=0"], "eval_iters=0: it must be at least 1"),
 ])
 def test_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
