@@ -198,19 +198,11 @@ class GPT(nn.Module):
         positions then shift every step, so each step recomputes that window, cache or not."""
         generator = torch.Generator(device=idx.device)
         generator.manual_seed(seed) if seed is not None else generator.seed()
-        block_size = self.config.block_size
         caches = None
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            if kv_cache and idx.size(1) <= block_size:
-                if caches is None:
-                    caches = [KVCache(block_size) for _ in self.transformer.h]
-                    logits, _ = self(idx, kv_caches=caches)
-                else:
-                    logits, _ = self(idx[:, -1:], kv_caches=caches)
-            else:
-                logits, _ = self(idx[:, -block_size:])
-            token = sample_token(logits[:, -1, :vocab_limit].float(), temperature, top_k, top_p, generator)
+            logits, caches = self._next_logits(idx, caches, kv_cache)
+            token = sample_token(logits[:, :vocab_limit].float(), temperature, top_k, top_p, generator)
             if stop_token is not None:
                 token = torch.where(done, stop_token, token)
                 done |= token == stop_token
@@ -228,22 +220,13 @@ class GPT(nn.Module):
         vocab_limit as in generate()."""
         if idx.size(0) != 1:
             raise ValueError("beam search takes one prompt at a time")
-        block_size = self.config.block_size
         beams = idx.expand(num_beams, -1)
         scores = torch.full((num_beams,), float("-inf"), device=idx.device)
         scores[0] = 0.0  # all beams start as the same prompt: expand only one of them at first
         caches, finished = None, []
         for _ in range(max_new_tokens):
-            if kv_cache and beams.size(1) <= block_size:
-                if caches is None:
-                    caches = [KVCache(block_size) for _ in self.transformer.h]
-                    logits, _ = self(beams, kv_caches=caches)
-                else:
-                    logits, _ = self(beams[:, -1:], kv_caches=caches)
-            else:
-                caches = None
-                logits, _ = self(beams[:, -block_size:])
-            log_probs = F.log_softmax(logits[:, -1, :vocab_limit].float(), dim=-1)
+            logits, caches = self._next_logits(beams, caches, kv_cache)
+            log_probs = F.log_softmax(logits[:, :vocab_limit].float(), dim=-1)
             candidates = (scores[:, None] + log_probs).view(-1)
             # twice as many as needed, so that num_beams remain after the ended ones are set aside
             top_scores, top = candidates.topk(min(2 * num_beams, candidates.numel()))
@@ -269,6 +252,20 @@ class GPT(nn.Module):
         length = beams.size(1) - idx.size(1)
         finished += [(s / max(length, 1) ** length_penalty, b[idx.size(1):]) for s, b in zip(scores.tolist(), beams.tolist())]
         return sorted(finished, key=lambda f: f[0], reverse=True)[:num_beams]
+
+    def _next_logits(self, seq, caches, kv_cache):
+        """Logits (B, V) for the token after each row of seq, and the caches for the next call.
+        While seq fits in block_size, a cache means only its newest token goes through the model."""
+        block_size = self.config.block_size
+        if kv_cache and seq.size(1) <= block_size:
+            if caches is None:
+                caches = [KVCache(block_size) for _ in self.transformer.h]
+                logits, _ = self(seq, kv_caches=caches)
+            else:
+                logits, _ = self(seq[:, -1:], kv_caches=caches)
+            return logits[:, -1, :], caches
+        logits, _ = self(seq[:, -block_size:])
+        return logits[:, -1, :], None
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to fine-tune GPT-2 (1024) on shorter sequences."""
