@@ -75,16 +75,48 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+# GPT-2's GELU is 0.5 x (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3); 2z = x (C1 + C3 x^2)
+GELU_C1 = math.sqrt(8 / math.pi)
+GELU_C3 = GELU_C1 * 0.044715
+
+
+class SigmoidGELU(torch.autograd.Function):
+    """GPT-2's GELU as x * sigmoid(2z): the same function, since 0.5 (1 + tanh(z)) = sigmoid(2z).
+    PyTorch's CPU tanh is slow: on a 2-core AVX2 machine this forward and backward together take a
+    third of the time of F.gelu(approximate="tanh"). It keeps the sigmoid for backward, which costs
+    one more saved activation of the MLP's width."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = (x * x).mul_(GELU_C3).add_(GELU_C1).mul_(x).sigmoid_()
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad):
+        # d/dx x * s(2z) = s * (1 + (1 - s) * x * dz2/dx), where x * dz2/dx = x * (C1 + 3 C3 x^2)
+        x, s = ctx.saved_tensors
+        t = (x * x).mul_(3 * GELU_C3).add_(GELU_C1).mul_(x)
+        t.addcmul_(t, s, value=-1.0)  # t * (1 - s) without another temporary
+        return t.add_(1.0).mul_(s).mul_(grad)
+
+
+def gelu(x):
+    """GPT-2's GELU (the tanh approximation, which it was trained with)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return SigmoidGELU.apply(x)
+    return F.gelu(x, approximate="tanh")  # one fused kernel on GPUs; bf16 keeps F.gelu's float math
+
+
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 was trained with the tanh approximation
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -281,8 +313,8 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        # the fused kernel updates all tensors in a few launches instead of several per tensor
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+        # the fused kernel updates each tensor in one pass instead of about ten (CPU since torch 2.4)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, gpu_peak_flops, sample_token
+from model import GPT, GPTConfig, SigmoidGELU, gelu, gpu_peak_flops, sample_token
 
 transformers = pytest.importorskip("transformers")
 
@@ -132,6 +132,22 @@ def test_sdpa_matches_explicit_attention():
     x = torch.randn(2, 32, 64)
     with torch.no_grad():
         torch.testing.assert_close(attn(x), reference_attention(attn, x), atol=1e-5, rtol=0)
+
+
+def test_cpu_gelu_is_gpt2_tanh_gelu():
+    # the hand-written backward is exact: checked against finite differences in float64
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True) * 4
+    assert torch.autograd.gradcheck(SigmoidGELU.apply, (x.detach().requires_grad_(),))
+    # and the float32 path the model takes on CPU agrees with tanh GELU, computed in float64
+    x = torch.linspace(-12, 12, 10001, dtype=torch.float64, requires_grad=True)
+    reference = F.gelu(x, approximate="tanh")
+    (reference_grad,) = torch.autograd.grad(reference.sum(), x)
+    x32 = x.detach().float().requires_grad_()
+    ours = gelu(x32)
+    assert ours.grad_fn.name() == "SigmoidGELUBackward"
+    (ours_grad,) = torch.autograd.grad(ours.sum(), x32)
+    torch.testing.assert_close(ours.double(), reference.detach(), atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(ours_grad.double(), reference_grad, atol=5e-6, rtol=1e-6)
 
 
 def test_activation_checkpointing_same_loss_and_grads():
