@@ -93,6 +93,7 @@ class SigmoidGELU(torch.autograd.Function):
         return x * s
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # s was computed outside autograd: no second derivative
     def backward(ctx, grad):
         # d/dx x * s(2z) = s * (1 + (1 - s) * x * dz2/dx), where x * dz2/dx = x * (C1 + 3 C3 x^2)
         x, s = ctx.saved_tensors

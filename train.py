@@ -182,7 +182,12 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # loss scaling: fp16 only
 iter_num, best_val_loss = 0, float("inf")
 if ckpt is not None:
-    optimizer.load_state_dict(ckpt["optimizer"])
+    # The checkpoint gives the moments and step counts; betas, weight decay and the fused kernel are
+    # this run's (load_state_dict would otherwise bring back the saved run's settings over them).
+    saved = ckpt["optimizer"]
+    groups = [{**old, **{k: v for k, v in new.items() if k != "params"}}
+              for old, new in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
     if ckpt["scaler"]:  # empty when the run did not scale (bf16/fp32): then nothing to restore
         scaler.load_state_dict(ckpt["scaler"])
     iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]

@@ -148,6 +148,10 @@ def test_cpu_gelu_is_gpt2_tanh_gelu():
     (ours_grad,) = torch.autograd.grad(ours.sum(), x32)
     torch.testing.assert_close(ours.double(), reference.detach(), atol=2e-6, rtol=1e-6)
     torch.testing.assert_close(ours_grad.double(), reference_grad, atol=5e-6, rtol=1e-6)
+    # no silently wrong second derivative: it is refused
+    (grad,) = torch.autograd.grad(gelu(x32).sum(), x32, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|differentiate twice"):
+        grad.sum().backward()
 
 
 def test_activation_checkpointing_same_loss_and_grads():

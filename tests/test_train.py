@@ -90,6 +90,22 @@ def test_resume_is_exact(char_data, reference, tmp_path, stop_at):
     assert read_log(tmp_path) == read_log(reference)
 
 
+def test_resume_takes_this_runs_optimizer_settings(char_data, reference, tmp_path):
+    # a checkpoint of an older run (unfused AdamW) resumed with a new weight decay and beta2
+    ckpt = load(reference)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"] = False
+    os.makedirs(tmp_path / "out")
+    torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
+    result = train(f"--out_dir={tmp_path / 'out'}", "--init_from=resume", "--max_iters=13",
+                   "--weight_decay=0.05", "--beta2=0.9")
+    assert "weight_decay: 0.1 -> 0.05" in result.stdout
+    decay, no_decay = load(tmp_path / "out")["optimizer"]["param_groups"]
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == no_decay["betas"] == (0.9, 0.9)
+    assert decay["fused"] and no_decay["fused"]
+
+
 def test_checkpoints_are_plain_and_best_is_kept(reference):
     ckpt, best = load(reference), load(reference, "best.pt")
     assert ckpt["iter_num"] == 12 and best["iter_num"] <= 12
