@@ -95,7 +95,7 @@ class SigmoidGELU(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # s was computed outside autograd: no second derivative
     def backward(ctx, grad):
-        # d/dx x * s(2z) = s * (1 + (1 - s) * x * dz2/dx), where x * dz2/dx = x * (C1 + 3 C3 x^2)
+        # s = sigmoid(u), u = 2z = x (C1 + C3 x^2): d(x s)/dx = s (1 + (1 - s) t), t = x du/dx = x (C1 + 3 C3 x^2)
         x, s = ctx.saved_tensors
         t = (x * x).mul_(3 * GELU_C3).add_(GELU_C1).mul_(x)
         t.addcmul_(t, s, value=-1.0)  # t * (1 - s) without another temporary
