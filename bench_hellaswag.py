@@ -18,6 +18,7 @@ from contextlib import nullcontext
 import torch
 
 import hellaswag
+from data import get_tokenizer
 from model import DTYPES, GPT, GPTConfig, pick_device, pick_dtype
 
 
@@ -38,7 +39,7 @@ def main():
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("gpt2", vocab_size=50257)).to(args.device)
     try:
-        tokenized = hellaswag.prepare(args.data_file, None, model.config.block_size, args.limit)
+        tokenized = hellaswag.prepare(args.data_file, get_tokenizer(None), model.config.block_size, args.limit)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     settings = [(mode, int(bs)) for mode in args.modes.split(",") for bs in args.batch_sizes.split(",")]

@@ -184,6 +184,8 @@ def gpt2_encoding(vocab_file=None):
 
 
 class GPT2Tokenizer:
+    kind = "gpt2"  # as meta.json names it
+
     def __init__(self, enc):
         self.enc = enc  # sample.py decodes token bytes across token boundaries through it
         self.vocab_size = enc.n_vocab
@@ -206,6 +208,8 @@ class GPT2Tokenizer:
 
 
 class CharTokenizer:
+    kind = "char"
+
     def __init__(self, chars):
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}

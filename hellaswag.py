@@ -30,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, model_from_checkpoint, write_atomically
+from checkpoint import write_atomically
 from configurator import configure
-from data import get_tokenizer
-from hf import from_pretrained
+from generation import load_model
 from model import DTYPES, check_device, pick_device, pick_dtype
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -114,12 +112,11 @@ def tokenize(examples, tokenizer, block_size):
     return tokenized
 
 
-def prepare(data_file, meta, block_size, limit=None):
-    """The tokenized examples for a model whose data had metadata meta (None: GPT-2 tokens).
-    An empty data_file means HellaSwag's val set in data/hellaswag/, downloaded if missing."""
-    kind = meta["tokenizer"] if meta else "gpt2"
-    if kind != "gpt2":
-        raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the {kind!r} "
+def prepare(data_file, tokenizer, block_size, limit=None):
+    """The tokenized examples for a model of data.get_tokenizer's tokenizer. An empty data_file
+    means HellaSwag's val set in data/hellaswag/, downloaded if missing."""
+    if tokenizer.kind != "gpt2":
+        raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the {tokenizer.kind!r} "
                          "tokenizer: train on GPT-2 tokens (prepare_fineweb.py, prepare_shakespeare.py --tokenizer gpt2)")
     path = data_file or DEFAULT_FILE
     if not data_file:
@@ -129,7 +126,7 @@ def prepare(data_file, meta, block_size, limit=None):
         if dist.is_initialized():
             dist.barrier()
     examples = load_examples(path)[:limit]
-    return tokenize(examples, get_tokenizer(meta), block_size)
+    return tokenize(examples, tokenizer, block_size)
 
 
 # -----------------------------------------------------------------------------
@@ -137,9 +134,8 @@ def prepare(data_file, meta, block_size, limit=None):
 
 def row_losses(model, idx, targets):
     """Each row's summed cross-entropy over its targets; -1 marks a position that is not scored."""
-    logits, _ = model(idx, targets)
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction="none")
-    return losses.view(targets.shape).sum(1)
+    _, losses = model(idx, targets, reduction="none")  # float32 under autocast too: cross_entropy is autocast's
+    return losses.sum(1)
 
 
 @cache
@@ -256,15 +252,8 @@ def main(argv):
     autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
 
     try:
-        if c["init_from"] == "resume":
-            ckpt = load_checkpoint(os.path.join(c["out_dir"], c["checkpoint"]))
-            meta = ckpt["meta"]
-            # before the model is built: a char-level checkpoint fails at once
-            tokenized = prepare(c["data_file"], meta, ckpt["model_args"]["block_size"], c["limit"])
-            model = model_from_checkpoint(ckpt)
-        else:
-            model = from_pretrained(c["init_from"])
-            tokenized = prepare(c["data_file"], None, model.config.block_size, c["limit"])
+        model, tokenizer, _ = load_model(c["init_from"], c["out_dir"], c["checkpoint"])
+        tokenized = prepare(c["data_file"], tokenizer, model.config.block_size, c["limit"])
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)
     model.to(device)

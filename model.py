@@ -259,8 +259,8 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, kv_caches=None, pos=None, attn_mask=None):
-        """kv_caches: one KVCache per layer, for generation; idx then continues the cached tokens.
+    def forward(self, idx, targets=None, kv_caches=None, pos=None, attn_mask=None, reduction="mean"):
+        """reduction="none" gives the loss of every position (B, T) rather than their mean. kv_caches: one KVCache per layer, for generation; idx then continues the cached tokens.
         pos (B, T) and attn_mask (B, 1, T, keys), True where a query may look: for a batch whose rows
         sit at different positions (serve.py's engine); by default every row continues its cache.
         A RoPE model reads sequences of any length: past block_size each token attends, in every
@@ -294,8 +294,8 @@ class GPT(nn.Module):
             # generation needs only the next token's distribution: skip the other T-1 (large) head matmuls
             return self.head(x[:, [-1], :]), None
         logits = self.head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
+        return logits, loss.view(targets.shape) if reduction == "none" else loss
 
     def head(self, x):
         """Logits; with logit_softcap, squashed smoothly into (-cap, cap), which keeps them from

@@ -33,7 +33,7 @@ from checkpoint import (
     write_atomically,
 )
 from configurator import configure
-from data import ShardLoader, dataset_dir, read_meta
+from data import ShardLoader, dataset_dir, get_tokenizer, read_meta
 from hf import from_pretrained
 from model import DTYPES, GPT, GPT2_SWITCHES, PRESETS, GPTConfig, check_device, gpu_peak_flops, pick_device, pick_dtype
 from plot import BackgroundPlot
@@ -260,7 +260,7 @@ model.activation_checkpointing = activation_checkpointing
 model.to(device)
 raw_model = model  # the bare GPT: what checkpoints hold, never a compiled or DDP wrapper
 if hellaswag_interval:
-    hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, meta, model.config.block_size)
+    hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, get_tokenizer(meta), model.config.block_size)
 
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon)

@@ -90,7 +90,7 @@ def test_matches_transformers_example_by_example(hf_dir):
 
 def test_batch_size_does_not_change_the_results():
     model = tiny_gpt2()
-    tokenized = hellaswag.prepare(str(SAMPLE), None, BLOCK, limit=12)
+    tokenized = hellaswag.prepare(str(SAMPLE), get_tokenizer(None), BLOCK, limit=12)
     (one, counts), (many, _) = (hellaswag.ending_losses(model, tokenized, bs, "cpu") for bs in (1, 5))
     # the same choices, so the same counts
     assert torch.equal(one.argmin(1), many.argmin(1))
@@ -101,7 +101,7 @@ def test_batch_size_does_not_change_the_results():
 def test_compiled_matches_eager():
     # padded to multiples of 32 and full batches under torch.compile
     model = tiny_gpt2()
-    tokenized = hellaswag.prepare(str(SAMPLE), None, BLOCK, limit=3)  # one batch, one graph: compiling is slow
+    tokenized = hellaswag.prepare(str(SAMPLE), get_tokenizer(None), BLOCK, limit=3)  # one batch, one graph: compiling is slow
     eager, counts = hellaswag.ending_losses(model, tokenized, 4, "cpu")
     compiled, _ = hellaswag.ending_losses(model, tokenized, 4, "cpu", compile=True)
     torch.testing.assert_close(compiled, eager, atol=0, rtol=1e-5)  # fused kernels round differently
@@ -125,8 +125,8 @@ def test_two_processes_match_one(hf_dir, tmp_path):
 
 def test_scores_a_training_checkpoint(tmp_path):
     model = tiny_gpt2()
-    save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "meta": None},
-                    str(tmp_path / "best.pt"))
+    save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "meta": None,
+                     "iter_num": 100, "best_val_loss": 5.0}, str(tmp_path / "best.pt"))
     result = run("--init_from=resume", f"--out_dir={tmp_path}", "--checkpoint=best.pt", f"--data_file={SAMPLE}",
                  "--limit=4")
     assert "hellaswag: 4 examples" in result.stdout
@@ -177,7 +177,8 @@ def test_bad_data_names_file_and_line(tmp_path, text, message):
 def test_bad_arguments_are_one_clear_line(hf_dir, tmp_path):
     char_model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=1, n_embd=8))
     save_checkpoint({"model": char_model.state_dict(), "model_args": vars(char_model.config),
-                     "meta": {"tokenizer": "char", "vocab_size": 65, "chars": [chr(i) for i in range(65)]}},
+                     "meta": {"tokenizer": "char", "vocab_size": 65, "chars": [chr(i) for i in range(65)]},
+                     "iter_num": 100, "best_val_loss": 5.0},
                     str(tmp_path / "ckpt.pt"))
     (tmp_path / "bad.jsonl").write_text(json.dumps({**GOOD, "label": 7}) + "\n")
     for args, message in [

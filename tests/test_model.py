@@ -129,6 +129,19 @@ def test_forward_shapes_and_too_long_sequence():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
+def test_per_position_losses():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    idx, targets = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
+    targets[1, :3] = -1
+    logits, losses = model(idx, targets, reduction="none")
+    assert losses.shape == (2, 8) and (losses[1, :3] == 0).all()
+    expected = -F.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    torch.testing.assert_close(losses[targets != -1], expected[targets != -1])
+    _, mean = model(idx, targets)
+    torch.testing.assert_close(mean, losses.sum() / (targets != -1).sum())
+
+
 def test_init_loss_is_uniform():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=1000, block_size=32, n_layer=4, n_head=4, n_embd=64))
