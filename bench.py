@@ -1,14 +1,23 @@
 """
 Training throughput of a model shape: forward+backward alone, and the full optimizer step
-(forward, backward, clipping, AdamW), eager and under torch.compile, on random tokens.
+(forward, backward, clipping, AdamW or Muon), eager and under torch.compile, on random tokens.
 
   python bench.py                                            # GPT-2 124M, batch 12 x 1024
   python bench.py config/train_shakespeare_char_cpu.py --modes=eager
   python bench.py config/train_gpt2.py --batch_size=16 --out_file=bench_gpt2.json
+  python bench.py config/train_gpt2_modern.py                # the modern recipe's model and Muon
+  python bench.py --preset=gpt2-large --activation_checkpointing=True --max_batch=True   # CUDA
+  python bench.py --modes=compile --profile=prof              # torch.profiler: top ops, and traces
 
 Reads train.py's config files (keys it has no use for are skipped) and takes --key=value
 flags. Warm-up steps are not timed, the device is synchronised before each clock read, and
 each figure is the median over repeats, with the fastest and slowest beside it.
+
+--max_batch (CUDA) first finds the largest batch_size whose optimizer steps fit in the GPU's
+memory, eager (compiled steps usually need a little less), doubling and then halving the
+step, and benchmarks that. --profile=DIR records a few optimizer steps of each mode after
+timing, prints the ops that took the most time, and writes DIR/trace-MODE.json.gz, which
+Perfetto (ui.perfetto.dev) and chrome://tracing open.
 """
 
 import json
@@ -22,19 +31,32 @@ import torch
 
 from configurator import configure
 from data import dataset_dir, read_meta
-from model import DTYPES, GPT, GPTConfig, check_device, gpu_peak_flops, pick_device, pick_dtype
+from model import DTYPES, GPT, PRESETS, GPTConfig, check_device, gpu_peak_flops, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
 dataset = ""  # as in train.py: the vocabulary size is its meta.json's, if it has one
 vocab_size = None  # or set directly; else 50304 (GPT-2's, padded)
 batch_size = 12
 block_size = 1024
+preset = ""  # a GPT-2 size, gpt2 ... gpt2-xl, in place of n_layer, n_head and n_embd
 n_layer = 12
 n_head = 12
 n_embd = 768
 dropout = 0.0
 bias = True
 activation_checkpointing = False
+# train.py's switches beyond GPT-2
+rope = False
+norm = "layernorm"
+qk_norm = False
+mlp_act = "gelu"
+tie_embeddings = True
+zero_init_proj = False
+logit_softcap = 0.0
+optimizer = "adamw"  # or "muon"
+muon_lr = 0.02
+muon_momentum = 0.95
+muon_weight_decay = 0.0
 learning_rate = 6e-4
 weight_decay = 1e-1
 beta1 = 0.9
@@ -46,6 +68,8 @@ modes = "eager,compile"  # comma-separated: eager, compile
 warmup = 5  # untimed steps first (compilation happens here)
 steps = 20  # timed steps per repeat
 repeats = 3
+max_batch = False  # CUDA: bench the largest batch_size that fits instead of batch_size
+profile = ""  # a directory: profile each mode's optimizer steps, write its traces here
 out_file = "bench.json"
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -57,6 +81,12 @@ globals().update(config)
 for mode in modes.split(","):
     if mode not in ("eager", "compile"):
         raise SystemExit(f"error: unknown mode {mode!r} in --modes: use eager and/or compile")
+if preset:
+    if preset not in PRESETS:
+        raise SystemExit(f"error: preset={preset!r}: choose one of {', '.join(PRESETS)}")
+    globals().update(PRESETS[preset])
+if optimizer not in ("adamw", "muon"):
+    raise SystemExit(f"error: optimizer={optimizer!r}: use adamw or muon")
 if vocab_size is None:
     meta = read_meta(dataset_dir(dataset)) if dataset else None
     vocab_size = meta["vocab_size"] if meta else 50304
@@ -70,6 +100,17 @@ dtype = pick_dtype(device) if dtype == "auto" else dtype
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
 device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {torch.get_num_threads()} threads"
 peak_flops = gpu_peak_flops(device_name) if device_type == "cuda" else None
+if max_batch and device_type != "cuda":
+    raise SystemExit(f"error: max_batch finds what fits in a GPU's memory, and the device is {device}: "
+                     "set --batch_size instead")
+try:
+    model_config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                             n_embd=n_embd, dropout=dropout, bias=bias, rope=rope, norm=norm, qk_norm=qk_norm,
+                             mlp_act=mlp_act, tie_embeddings=tie_embeddings, zero_init_proj=zero_init_proj,
+                             logit_softcap=logit_softcap)
+except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None
 
 
 def synchronize():
@@ -94,35 +135,103 @@ def measure(step):
     return statistics.median(times), min(times), max(times)
 
 
+def build(mode):
+    """The bare model, what runs it (compiled or not), and its optimizer and loss scaler."""
+    raw_model = GPT(model_config).to(device)
+    raw_model.activation_checkpointing = activation_checkpointing
+    model = torch.compile(raw_model) if mode == "compile" else raw_model
+    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon)
+    return raw_model, model, optimizer, torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+
+
+def forward_backward(model, scaler, x, y):
+    with autocast:
+        _, loss = model(x, y)
+    scaler.scale(loss).backward()
+
+
+def optimizer_step(raw_model, model, optimizer, scaler, x, y):
+    forward_backward(model, scaler, x, y)
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def random_batch(B):
+    return (torch.randint(0, vocab_size, (B, block_size), device=device),
+            torch.randint(0, vocab_size, (B, block_size), device=device))
+
+
+def largest_batch():
+    """The largest batch size whose optimizer steps fit in the GPU's memory, eager: doubled until
+    one does not fit, then the gap halved."""
+    built = build("eager")
+
+    def fits(B):
+        try:
+            for _ in range(2):  # the second step also holds the optimizer's state
+                optimizer_step(*built, *random_batch(B))
+            torch.cuda.synchronize()
+            return True
+        except torch.OutOfMemoryError:
+            pass  # leaving the except clause drops the traceback, and with it the step's tensors
+        built[0].zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return False
+
+    fitting, failing = 0, 1
+    while fits(failing):
+        fitting, failing = failing, 2 * failing
+        print(f"max_batch: {fitting} fits", flush=True)
+    while failing - fitting > 1:
+        middle = (fitting + failing) // 2
+        fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
+    print(f"max_batch: {fitting} is the largest batch_size that fits ({fitting + 1} does not)", flush=True)
+    return fitting
+
+
+def record_profile(mode, step):
+    """Profile a few steps; print the ops that took the most time, and write the trace."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device_type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        synchronize()
+    sort_by = "self_cuda_time_total" if device_type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=15))
+    os.makedirs(profile, exist_ok=True)
+    path = os.path.join(profile, f"trace-{mode}.json.gz")
+    tmp = os.path.join(profile, f"trace-{mode}.tmp.json.gz")  # .gz last: the profiler compresses by the name
+    try:
+        prof.export_chrome_trace(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"wrote {path}")
+
+
+if max_batch:
+    batch_size = config["batch_size"] = largest_batch()
+    torch.cuda.empty_cache()  # the search's model is gone: its memory goes back for the benchmark's
+    if batch_size == 0:
+        raise SystemExit("error: not even batch_size=1 fits in the GPU's memory: try --activation_checkpointing=True, "
+                         "a shorter --block_size or a smaller model")
 print(f"{device_name}, {dtype}, batch {batch_size} x {block_size}, median (fastest-slowest) of {repeats} x {steps} steps")
 torch.manual_seed(seed)
-x = torch.randint(0, vocab_size, (batch_size, block_size), device=device)
-y = torch.randint(0, vocab_size, (batch_size, block_size), device=device)
+x, y = random_batch(batch_size)
 results = []
 for mode in modes.split(","):
-    raw_model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                              n_embd=n_embd, dropout=dropout, bias=bias)).to(device)
-    raw_model.activation_checkpointing = activation_checkpointing
+    raw_model, model, optimizer, scaler = build(mode)
     params = raw_model.num_params(non_embedding=False)
-    model = torch.compile(raw_model) if mode == "compile" else raw_model
-    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-
-    def forward_backward():
-        with autocast:
-            _, loss = model(x, y)
-        scaler.scale(loss).backward()
-
-    def optimizer_step():
-        forward_backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    for phase, step in (("forward+backward", forward_backward), ("optimizer step", optimizer_step)):
+    phases = (("forward+backward", lambda: forward_backward(model, scaler, x, y)),
+              ("optimizer step", lambda: optimizer_step(raw_model, model, optimizer, scaler, x, y)))
+    for phase, step in phases:
         if device_type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds, fastest, slowest = measure(step)
@@ -136,7 +245,9 @@ for mode in modes.split(","):
         print(f"{mode:8} {phase:17} {r['ms_per_iter']:9.2f} ms ({r['ms_min']:.2f}-{r['ms_max']:.2f})  "
               f"{tokens_per_sec:12,.0f} tok/s  mfu {'n/a' if mfu is None else f'{mfu:6.1%}'}"
               + ("" if peak_mem is None else f"  peak {peak_mem:.1f} GiB"), flush=True)
-    del model, raw_model, optimizer
+    if profile:
+        record_profile(mode, phases[1][1])
+    del model, raw_model, optimizer, phases
 
 report = dict(command=" ".join(["python", *sys.argv]), device=device_name, dtype=dtype, torch=torch.__version__,
               params=params, config=config, results=results)

@@ -1,7 +1,10 @@
+import gzip
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +30,24 @@ def test_reads_a_train_config_and_writes_json(tmp_path):
     assert "optimizer step" in result.stdout
 
 
+def test_benches_the_modern_recipe_and_profiles(tmp_path):
+    out = tmp_path / "bench.json"
+    shape = ["--vocab_size=96", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2", "--block_size=16"]
+    result = bench("config/train_gpt2_modern.py", *shape, "--modes=eager", "--warmup=1", "--steps=1", "--repeats=1",
+                   f"--profile={tmp_path / 'prof'}", f"--out_file={out}")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["config"]["optimizer"] == "muon" and report["config"]["rope"]  # from the file
+    modern = GPTConfig(vocab_size=96, n_layer=1, n_head=2, n_embd=32, block_size=16, rope=True, norm="rmsnorm",
+                       qk_norm=True, mlp_act="relu2", tie_embeddings=False, zero_init_proj=True, logit_softcap=15.0)
+    assert report["params"] == GPT(modern).num_params(non_embedding=False)  # its own head, no wpe
+    # the profile: a table of the ops that took the most time, and a trace that Perfetto reads
+    assert "Self CPU time total" in result.stdout and "aten::mm" in result.stdout
+    trace = json.load(gzip.open(tmp_path / "prof" / "trace-eager.json.gz"))
+    assert any(e.get("name") == "Optimizer.step#Muon.step" for e in trace["traceEvents"])
+    assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["trace-eager.json.gz"]
+
+
 def test_bad_arguments():
     result = bench("--modes=eager,jit", "--n_layer=1", "--steps=1")
     assert result.returncode != 0 and "unknown mode 'jit'" in result.stderr
@@ -36,3 +57,10 @@ def test_bad_arguments():
     assert result.returncode != 0 and "device='gpu' is not a device" in result.stderr
     result = bench("--dtype=fp8")
     assert result.returncode != 0 and "dtype='fp8': use auto, float32, bfloat16, float16" in result.stderr
+    for args, message in [(["--preset=gpt2-xxl"], "preset='gpt2-xxl': choose one of gpt2, gpt2-medium"),
+                          (["--optimizer=sgd"], "optimizer='sgd': use adamw or muon"),
+                          (["--norm=batchnorm"], "norm='batchnorm': choose one of layernorm, rmsnorm"),
+                          (["--device=cpu", "--max_batch=True"], "max_batch finds what fits in a GPU's memory")]:
+        result = bench(*args)
+        assert result.returncode != 0 and result.stderr.startswith("error: ") and message in result.stderr, args
+        assert result.stderr.strip().count("\n") == 0, result.stderr
