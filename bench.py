@@ -26,9 +26,11 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
+from checkpoint import write_atomically
 from configurator import configure
 from data import dataset_dir, read_meta
 from model import DTYPES, GPT, PRESETS, GPTConfig, check_device, gpu_peak_flops, pick_device, pick_dtype
@@ -226,15 +228,28 @@ print(f"{device_name}, {dtype}, batch {batch_size} x {block_size}, median (faste
 torch.manual_seed(seed)
 x, y = random_batch(batch_size)
 results = []
+
+
+def write_report(params):
+    """bench.json, rewritten after each mode: a later mode that fails keeps the earlier ones' figures."""
+    report = dict(command=" ".join(["python", *sys.argv]), device=device_name, dtype=dtype, torch=torch.__version__,
+                  params=params, config=config, results=results)
+    write_atomically(out_file, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+
+
 for mode in modes.split(","):
     raw_model, model, optimizer, scaler = build(mode)
-    params = raw_model.num_params(non_embedding=False)
     phases = (("forward+backward", lambda: forward_backward(model, scaler, x, y)),
               ("optimizer step", lambda: optimizer_step(raw_model, model, optimizer, scaler, x, y)))
     for phase, step in phases:
         if device_type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds, fastest, slowest = measure(step)
+        try:
+            seconds, fastest, slowest = measure(step)
+        except torch.OutOfMemoryError:
+            raise SystemExit(f"error: out of GPU memory in {mode} mode at batch_size={batch_size}: lower --batch_size "
+                             "or set --activation_checkpointing=True" + (f" ({out_file} holds the modes before)"
+                                                                          if results else "")) from None
         raw_model.zero_grad(set_to_none=True)
         tokens_per_sec = batch_size * block_size / seconds
         mfu = raw_model.estimate_mfu(tokens_per_sec, peak_flops, block_size)
@@ -245,13 +260,8 @@ for mode in modes.split(","):
         print(f"{mode:8} {phase:17} {r['ms_per_iter']:9.2f} ms ({r['ms_min']:.2f}-{r['ms_max']:.2f})  "
               f"{tokens_per_sec:12,.0f} tok/s  mfu {'n/a' if mfu is None else f'{mfu:6.1%}'}"
               + ("" if peak_mem is None else f"  peak {peak_mem:.1f} GiB"), flush=True)
+    write_report(raw_model.num_params(non_embedding=False))
     if profile:
         record_profile(mode, phases[1][1])
     del model, raw_model, optimizer, phases
-
-report = dict(command=" ".join(["python", *sys.argv]), device=device_name, dtype=dtype, torch=torch.__version__,
-              params=params, config=config, results=results)
-with open(out_file + ".tmp", "w") as f:
-    json.dump(report, f, indent=2)
-os.replace(out_file + ".tmp", out_file)
 print(f"wrote {out_file}")
