@@ -260,7 +260,8 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, kv_caches=None, pos=None, attn_mask=None, reduction="mean"):
-        """reduction="none" gives the loss of every position (B, T) rather than their mean. kv_caches: one KVCache per layer, for generation; idx then continues the cached tokens.
+        """reduction="none" gives the loss of every position (B, T) rather than their mean.
+        kv_caches: one KVCache per layer, for generation; idx then continues the cached tokens.
         pos (B, T) and attn_mask (B, 1, T, keys), True where a query may look: for a batch whose rows
         sit at different positions (serve.py's engine); by default every row continues its cache.
         A RoPE model reads sequences of any length: past block_size each token attends, in every
