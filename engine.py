@@ -6,9 +6,10 @@ Each request's prompt goes through the model alone (the prefill); its keys and v
 copied into a row of a batched cache, and from then on every step feeds the newest token of each
 row at that row's own position, with a mask that hides the unused tail of shorter rows. Rows are
 kept packed (row i of the batch is row i of the cache), so a finished row's place is taken by the
-last one. A sequence that outgrows block_size is recomputed each step over the last tokens that its
-next token depends on, as generation.generate does without a cache (block_size of them for GPT-2,
-whose learned positions shift under a sliding window; more for RoPE's sliding-window attention);
+last one. Past block_size, a RoPE model attends to the last block_size tokens (a sliding window):
+its rows stay in the cache, which holds position p in slot p % block_size, as a ring. GPT-2's
+learned positions shift under a sliding window instead, so a GPT-2 sequence that outgrows
+block_size is recomputed each step over its last block_size tokens, as generation.generate does;
 such sequences go through forward passes of their own.
 
 Every choice samples with its own torch.Generator and sample_token, so a request's tokens are the
@@ -25,8 +26,9 @@ from generation import context_length, next_logits, sample_token
 
 
 class SlotCache:
-    """One layer's keys and values for up to max_rows sequences of different lengths. Before each
-    batched step the engine sets `at`, each row's position (B,), and `span`, the keys attended to."""
+    """One layer's keys and values for up to max_rows sequences of different lengths, position p in
+    slot p % max_len. Before each batched step the engine sets `at`, each row's slot for the new
+    token (B,), and `span`, the slots attended to."""
 
     def __init__(self, max_rows, max_len):
         self.max_rows, self.max_len = max_rows, max_len
@@ -41,12 +43,17 @@ class SlotCache:
             self.v = like.new_zeros(self.max_rows, n_head, self.max_len, head_size)
 
     def load(self, row, k, v):
-        """Put one prefilled sequence (1, n_head, T, head_size) in `row`."""
+        """Put one prefilled sequence (1, n_head, T, head_size) in `row`: its last max_len positions,
+        all that the next tokens can see (the oldest of them is overwritten by the next token)."""
         self.allocate(k)
-        self.k[row, :, :k.size(2)] = k[0]
-        self.v[row, :, :v.size(2)] = v[0]
+        T = k.size(2)
+        n = min(T, self.max_len)
+        slots = torch.arange(T - n, T, device=k.device) % self.max_len
+        self.k[row][:, slots] = k[0, :, -n:]
+        self.v[row][:, slots] = v[0, :, -n:]
 
     def move(self, src, dst, length):
+        length = min(length, self.max_len)
         self.k[dst, :, :length] = self.k[src, :, :length]
         self.v[dst, :, :length] = self.v[src, :, :length]
 
@@ -79,10 +86,12 @@ class Job:
 
 
 class Row:
-    """One choice being generated: its tokens so far (prompt included) and its own generator."""
+    """One choice being generated: its tokens so far (prompt included) and its own generator.
+    start is the token at position 0 of its cache: the prefill reads no more of a long prompt
+    than the next token depends on (generation.context_length)."""
 
-    def __init__(self, job, choice, generator):
-        self.job, self.choice, self.generator = job, choice, generator
+    def __init__(self, job, choice, generator, start):
+        self.job, self.choice, self.generator, self.start = job, choice, generator, start
         self.tokens, self.drawn = list(job.prompt), 0
 
 
@@ -94,9 +103,10 @@ class Engine:
         self.device = next(model.parameters()).device
         self.block_size = model.config.block_size
         self.context = context_length(model.config)
+        self.slides = model.config.rope  # whether the cache slides past block_size (a ring), or rows leave it
         self.caches = [SlotCache(max_rows, self.block_size) for _ in model.transformer.h]
         self.cached = []  # rows in the batched cache: cached[i] is cache row i
-        self.windowed = []  # rows past block_size, recomputed over their last block_size tokens
+        self.windowed = []  # GPT-2's rows past block_size, recomputed over their last block_size tokens
         self.waiting = []
         self.closed = False
         self.changed = threading.Condition()
@@ -173,14 +183,16 @@ class Engine:
             job = self.waiting[0]  # only this thread takes from waiting: it stays first
             prompt = torch.tensor([job.prompt], dtype=torch.long, device=self.device)
             logits, prefill = next_logits(self.model, prompt, None, kv_cache=True)
-            rows = [Row(job, j, self._generator(job, j)) for j in range(job.n)]
-            if len(job.prompt) <= self.block_size:  # the prompt fits the context: its choices join the batched cache
+            start = max(0, len(job.prompt) - self.context)
+            rows = [Row(job, j, self._generator(job, j), start) for j in range(job.n)]
+            cached = self.slides or len(job.prompt) <= self.block_size
+            if cached:  # its choices join the batched cache
                 for i in range(len(self.cached), len(self.cached) + len(rows)):
                     for cache, layer in zip(self.caches, prefill):
                         cache.load(i, layer.k[:, :, :layer.length], layer.v[:, :, :layer.length])
             with self.changed:
                 self.waiting.pop(0)
-                (self.cached if len(job.prompt) <= self.block_size else self.windowed).extend(rows)
+                (self.cached if cached else self.windowed).extend(rows)
             for row in rows:
                 self._draw(row, logits)
 
@@ -191,32 +203,28 @@ class Engine:
         return generator
 
     def _step(self):
-        # a row whose next token would sit past block_size leaves the cache for the sliding window
+        # a GPT-2 row whose next token would sit past block_size leaves the cache for the sliding window
         for i in reversed(range(len(self.cached))):
-            if len(self.cached[i].tokens) > self.block_size:
+            if not self.slides and len(self.cached[i].tokens) > self.block_size:
                 self.windowed.append(self.cached[i])
                 self._remove_cached(i)
         batch, window = list(self.cached), list(self.windowed)
         if batch:
             idx = torch.tensor([[r.tokens[-1]] for r in batch], dtype=torch.long, device=self.device)
-            pos = torch.tensor([[len(r.tokens) - 1] for r in batch], dtype=torch.long, device=self.device)
-            span = int(pos.max()) + 1
-            mask = torch.arange(span, device=self.device)[None, :] <= pos  # (B, span): each row's own keys
+            pos = torch.tensor([[len(r.tokens) - 1 - r.start] for r in batch], dtype=torch.long, device=self.device)
+            span = min(int(pos.max()) + 1, self.block_size)
+            # (B, span): each row's own keys; past block_size every slot holds one of the last block_size
+            mask = torch.arange(span, device=self.device)[None, :] <= pos
             for cache in self.caches:
-                cache.at, cache.span = pos[:, 0], span
+                cache.at, cache.span = pos[:, 0] % self.block_size, span
             logits, _ = self.model(idx, kv_caches=self.caches, pos=pos, attn_mask=mask[:, None, None, :])
             for i, row in enumerate(batch):
                 self._draw(row, logits[i:i + 1, -1])
-        # Rows past the context: the last tokens that the next one depends on, as generate() reads them
-        # without a cache (block_size of them for GPT-2; more for RoPE's sliding window). Rows of the
-        # same length go through the model together: for GPT-2, all of them.
-        by_length = {}
-        for row in window:
-            by_length.setdefault(min(len(row.tokens), self.context), []).append(row)
-        for n, rows in by_length.items():
-            seqs = torch.tensor([r.tokens[-n:] for r in rows], dtype=torch.long, device=self.device)
+        # GPT-2's rows past the context, as generate() reads them: their last block_size tokens
+        if window:
+            seqs = torch.tensor([r.tokens[-self.block_size:] for r in window], dtype=torch.long, device=self.device)
             logits, _ = self.model(seqs)
-            for i, row in enumerate(rows):
+            for i, row in enumerate(window):
                 self._draw(row, logits[i:i + 1, -1])
 
     def _draw(self, row, logits):

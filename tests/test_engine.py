@@ -1,6 +1,7 @@
 """engine.py: batched generation gives each job exactly what generation.generate gives it alone."""
 
 import queue
+import threading
 import time
 
 import pytest
@@ -17,7 +18,7 @@ MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embe
 @pytest.fixture(scope="module", params=["gpt2", "modern"])
 def model(request):
     # a RoPE model reads past block_size with a sliding window: generate() slides its cache, the
-    # engine recomputes the window; both give the same tokens
+    # engine keeps a ring of the last block_size keys; both give the same tokens
     torch.manual_seed(0)
     switches = MODERN if request.param == "modern" else {}
     return GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, **switches)).eval()
@@ -49,12 +50,14 @@ class Collector:
         return tokens, finish
 
 
-SETTINGS = [  # prompt, max_tokens, settings: greedy, sampled, n=2, past block_size, a prompt longer than it
+SETTINGS = [  # prompt, max_tokens, settings: greedy, sampled, n=2, past block_size, a prompt longer than it,
+    # a prompt longer than a RoPE model's context (2 layers x 15 + 1 tokens): its cache starts within the prompt
     ([1, 2, 3], 30, dict(temperature=0.0)),
     ([5] * 10, 12, dict(temperature=0.9, top_k=10, seed=3, n=2)),
     ([7, 8], 25, dict(temperature=1.0, top_p=0.8, seed=5)),
     (list(range(20)), 5, dict(temperature=0.0)),
     ([9], 14, dict(temperature=1.3, seed=11)),
+    ([i % 50 for i in range(7, 47)], 20, dict(temperature=0.0)),
 ]
 
 
@@ -62,7 +65,9 @@ def test_batched_jobs_equal_each_job_alone(model):
     engine = Engine(model, max_rows=4)
     steps = []
     forward = model.forward
-    model.forward = lambda idx, **kw: steps.append(idx.size(0)) or forward(idx, **kw)
+    # the engine's forward passes (alone() below runs the model in this thread)
+    model.forward = lambda idx, **kw: (threading.current_thread() is engine.thread and steps.append(idx.shape)
+                                       or forward(idx, **kw))
     try:
         collectors = [Collector() for _ in SETTINGS]
         # submitted together: 6 choices for 4 rows, so some wait and join while others run
@@ -78,7 +83,10 @@ def test_batched_jobs_equal_each_job_alone(model):
     finally:
         model.forward = forward
         engine.close()
-    assert max(steps) == 4  # one forward pass for a full batch of rows
+    assert max(B for B, _ in steps) == 4  # one forward pass for a full batch of rows
+    if model.config.rope:  # the cache slides: a prefill per job (of up to 31 tokens), then one token a row a step
+        prefills = [min(len(prompt), 31) for prompt, _, _ in SETTINGS]
+        assert sorted(T for _, T in steps if T > 1) == sorted(T for T in prefills if T > 1)
 
 
 def test_a_job_that_joins_mid_generation(model):
