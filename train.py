@@ -97,6 +97,9 @@ backend = "auto"  # DDP backend: nccl on CUDA, gloo on CPU
 device = "auto"  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
 dtype = "auto"  # bfloat16 on GPUs that have it natively, else float16 with loss scaling; float32 on CPU
 compile = None  # torch.compile; None: on CUDA only (on a CPU compiling costs more than it saves)
+# deterministic kernels, slower on GPUs: then runs, and a resumed run against an uninterrupted one,
+# agree bit for bit on CUDA too (flash attention's backward otherwise sums in a varying order)
+deterministic = False
 seed = 1337
 # -----------------------------------------------------------------------------
 defaults = {k: v for k, v in globals().items()
@@ -193,6 +196,9 @@ if compile is None:
 if device_type == "cuda":
     torch.cuda.set_device(device)
     torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
+if deterministic:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed-order reductions; before its first use
+    torch.use_deterministic_algorithms(True)
 if ddp:
     dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if backend == "auto" else backend)
 

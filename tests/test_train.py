@@ -91,6 +91,16 @@ def test_resume_is_exact(char_data, reference, tmp_path, stop_at):
     assert read_log(tmp_path) == read_log(reference)
 
 
+def test_deterministic_kernels_change_nothing_on_cpu(char_data, reference, tmp_path):
+    # --deterministic is for CUDA's reductions; on a CPU every kernel is already deterministic, so the
+    # switch must run every op the loop uses (and resume) and give the reference run bit for bit
+    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--deterministic=True"]
+    train(*common, "--max_iters=5")
+    train(*common, "--init_from=resume", "--max_iters=12")
+    assert_same_state(load(tmp_path), load(reference))
+    assert read_log(tmp_path) == read_log(reference)
+
+
 def test_resume_takes_this_runs_optimizer_settings(char_data, reference, tmp_path):
     # a checkpoint of an older run (unfused AdamW) resumed with a new weight decay and beta2
     ckpt = load(reference)
