@@ -13,9 +13,9 @@ Reads train.py's config files (keys it has no use for are skipped) and takes --k
 flags. Warm-up steps are not timed, the device is synchronised before each clock read, and
 each figure is the median over repeats, with the fastest and slowest beside it.
 
---max_batch (CUDA) first finds the largest batch_size whose optimizer steps fit in the GPU's
-memory, eager (compiled steps usually need a little less), doubling and then halving the
-step, and benchmarks that. --profile=DIR records a few optimizer steps of each mode after
+--max_batch (CUDA) first finds the largest batch_size whose eager optimizer steps fit in the
+GPU's memory, doubling it and then bisecting, and benchmarks that (a compiled step needs a
+little more or less memory than an eager one). --profile=DIR records a few optimizer steps of each mode after
 timing, prints the ops that took the most time, and writes DIR/trace-MODE.json.gz, which
 Perfetto (ui.perfetto.dev) and chrome://tracing open.
 """
@@ -86,6 +86,7 @@ for mode in modes.split(","):
 if preset:
     if preset not in PRESETS:
         raise SystemExit(f"error: preset={preset!r}: choose one of {', '.join(PRESETS)}")
+    config.update(PRESETS[preset])  # bench.json's config then says the shape that ran
     globals().update(PRESETS[preset])
 if optimizer not in ("adamw", "muon"):
     raise SystemExit(f"error: optimizer={optimizer!r}: use adamw or muon")
