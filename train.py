@@ -347,6 +347,7 @@ if master:
     log_file = open(log_path, "a" if ckpt is not None else "w")
     if ckpt is None:  # the dataset, where plot.py finds its n-gram baselines
         log_file.write(json.dumps({"iter": iter_num, "dataset": os.path.abspath(data_dir)}) + "\n")
+        log_file.flush()  # plot.py may read the log before the first eval (a HellaSwag pass first, say)
     # out_dir/loss.png at every eval, when a core is free for it: where training's threads take every
     # core (a laptop CPU run), a drawing beside a step made that step 10x slower, so it waits for the end
     training_threads = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
