@@ -172,8 +172,10 @@ class Engine:
         """Keep the batch packed: the last row moves into row i's place."""
         last = self.cached[-1]
         if last is not self.cached[i]:
+            # all its slots, to its newest token's: when a row ends mid-step, the last row may have fed
+            # this step's token but not yet drawn the next one
             for cache in self.caches:
-                cache.move(len(self.cached) - 1, i, len(last.tokens) - 1)
+                cache.move(len(self.cached) - 1, i, len(last.tokens) - last.start)
             self.cached[i] = last
         self.cached.pop()
 

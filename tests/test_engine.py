@@ -159,3 +159,31 @@ def test_rows_at_different_positions_in_one_forward(model):
         mask = (torch.arange(int(pos.max()) + 1)[None, :] <= pos)[:, None, None, :]
         got, _ = model(torch.tensor([[11]] * 3), kv_caches=caches, pos=pos, attn_mask=mask)
     torch.testing.assert_close(got[:, -1], torch.stack(want), rtol=1e-5, atol=1e-5)
+
+
+def test_every_draw_sees_the_logits_of_its_own_tokens(model):
+    """Each row's logits equal a plain forward pass over its tokens, also for a row moved into a
+    finished row's place in the middle of a step, after feeding that step's token and before drawing."""
+    engine = Engine(model, max_rows=3)
+    context = engine.context
+    wrong = []
+    draw = engine._draw
+
+    def checked_draw(row, logits):
+        with torch.no_grad():
+            want = model(torch.tensor([row.tokens[-context:]]))[0][0, -1]
+        wrong.extend([] if torch.allclose(logits[0], want, atol=1e-4) else [(row.tokens, (logits[0] - want).abs().max())])
+        draw(row, logits)
+
+    engine._draw = checked_draw
+    try:
+        # the short job ends first while the rows after it still have to draw: the last row moves mid-step
+        jobs = [([1, 2, 3], 3), ([4, 5], 30), ([6], 30), ([7, 8, 9, 10], 5)]
+        collectors = [Collector() for _ in jobs]
+        for c, (prompt, n) in zip(collectors, jobs):
+            engine.submit(Job(prompt, c, max_tokens=n, temperature=1.0, seed=4))
+        for c in collectors:
+            c.wait(1)
+    finally:
+        engine.close()
+    assert not wrong, wrong[:3]
