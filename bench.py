@@ -14,8 +14,8 @@ flags. Warm-up steps are not timed, the device is synchronised before each clock
 each figure is the median over repeats, with the fastest and slowest beside it.
 
 --max_batch (CUDA) first finds the largest batch_size whose eager optimizer steps fit in the
-GPU's memory, doubling it and then bisecting, and benchmarks that (a compiled step needs a
-little more or less memory than an eager one). --profile=DIR records a few optimizer steps of each mode after
+GPU's memory, doubling it and then bisecting, and benchmarks every mode at that size (a
+compiled step needs more or less memory than an eager one: it may not be compile's largest). --profile=DIR records a few optimizer steps of each mode after
 timing, prints the ops that took the most time, and writes DIR/trace-MODE.json.gz, which
 Perfetto (ui.perfetto.dev) and chrome://tracing open.
 """
@@ -86,8 +86,11 @@ for mode in modes.split(","):
 if preset:
     if preset not in PRESETS:
         raise SystemExit(f"error: preset={preset!r}: choose one of {', '.join(PRESETS)}")
-    config.update(PRESETS[preset])  # bench.json's config then says the shape that ran
-    globals().update(PRESETS[preset])
+    # the preset's shape wins over config files, and --n_layer, --n_head, --n_embd flags over it
+    flags = {arg[2:].split("=")[0] for arg in sys.argv[1:] if arg.startswith("--")}
+    shape = {key: value for key, value in PRESETS[preset].items() if key not in flags}
+    config.update(shape)  # bench.json's config then says the shape that ran
+    globals().update(shape)
 if optimizer not in ("adamw", "muon"):
     raise SystemExit(f"error: optimizer={optimizer!r}: use adamw or muon")
 if vocab_size is None:
@@ -171,17 +174,19 @@ def random_batch(B):
 def largest_batch():
     """The largest batch size whose optimizer steps fit in the GPU's memory, eager: doubled until
     one does not fit, then the gap halved."""
-    built = build("eager")
+    raw_model, model, optimizer, _ = build("eager")
 
     def fits(B):
+        # a scaler of its own each try: an OOM between its unscale_ and update would break the next
+        scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
         try:
             for _ in range(2):  # the second step also holds the optimizer's state
-                optimizer_step(*built, *random_batch(B))
+                optimizer_step(raw_model, model, optimizer, scaler, *random_batch(B))
             torch.cuda.synchronize()
             return True
         except torch.OutOfMemoryError:
             pass  # leaving the except clause drops the traceback, and with it the step's tensors
-        built[0].zero_grad(set_to_none=True)
+        raw_model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         return False
 

@@ -97,8 +97,8 @@ backend = "auto"  # DDP backend: nccl on CUDA, gloo on CPU
 device = "auto"  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
 dtype = "auto"  # bfloat16 on GPUs that have it natively, else float16 with loss scaling; float32 on CPU
 compile = None  # torch.compile; None: on CUDA only (on a CPU compiling costs more than it saves)
-# deterministic kernels, slower on GPUs: then runs, and a resumed run against an uninterrupted one,
-# agree bit for bit on CUDA too (flash attention's backward otherwise sums in a varying order)
+# deterministic kernels, slower on GPUs, so that runs (and a resumed run against an uninterrupted one)
+# can agree bit for bit on CUDA too: flash attention's backward otherwise sums in a varying order
 deterministic = False
 seed = 1337
 # -----------------------------------------------------------------------------

@@ -48,6 +48,18 @@ def test_benches_the_modern_recipe_and_profiles(tmp_path):
     assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["trace-eager.json.gz"]
 
 
+def test_a_preset_gives_the_shape_and_flags_win_over_it(tmp_path):
+    out = tmp_path / "bench.json"
+    # config/train_gpt2.py sets GPT-2 124M's shape: the preset wins over the file, the flag over the preset
+    result = bench("config/train_gpt2.py", "--preset=gpt2-medium", "--n_layer=1", "--vocab_size=64", "--block_size=8",
+                   "--batch_size=1", "--modes=eager", "--warmup=0", "--steps=1", "--repeats=1", f"--out_file={out}")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert [report["config"][k] for k in ("n_layer", "n_head", "n_embd")] == [1, 16, 1024]
+    shape = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=16, n_embd=1024)
+    assert report["params"] == GPT(shape).num_params(non_embedding=False)
+
+
 def test_bad_arguments():
     result = bench("--modes=eager,jit", "--n_layer=1", "--steps=1")
     assert result.returncode != 0 and "unknown mode 'jit'" in result.stderr
