@@ -1,14 +1,15 @@
 """
 Serving speed through serve.py's HTTP API: tokens/s of one stream, and the aggregate tokens/s of
-1, 4 and 8 concurrent streams, on random weights of GPT-2 124M's shape.
+1, 4 and 8 concurrent streams, on random weights of GPT-2 124M's shape or on a trained run.
 
   python bench_serve.py                               # CPU, 64 tokens a stream, 3 repeats
   python bench_serve.py --streams=1,2,4,8 --max_tokens=128 --repeats=5
+  python bench_serve.py --out_dir=out-shakespeare-char-cpu-modern --max_tokens=500  # a trained run
 
-It saves the model to a temporary directory, starts `python serve.py` on a free loopback port,
-and sends concurrent streamed requests from threads. The counts are interleaved (1, 4, 8, 1, 4,
-8, ...), so that a machine that slows down mid-run affects them alike. Prints the median of the
-repeats with the slowest and fastest beside it.
+It saves the model to a temporary directory (or serves the run's ckpt.pt), starts `python
+serve.py` on a free loopback port, and sends concurrent streamed requests from threads. The
+counts are interleaved (1, 4, 8, 1, 4, 8, ...), so that a machine that slows down mid-run
+affects them alike. Prints the median of the repeats with the slowest and fastest beside it.
 """
 
 import argparse
@@ -31,9 +32,9 @@ REPO = Path(__file__).resolve().parent
 PROMPT = "The history of the printing press begins"
 
 
-def start_server(model_dir, args):
-    proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"--init_from={model_dir}", "--port=0",
-                             f"--device={args.device}", f"--max_batch={max(args.streams)}", "--max_n=1"],
+def start_server(model_args, args):
+    proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), *model_args, "--port=0", f"--device={args.device}",
+                             f"--max_batch={max(args.streams)}", "--max_n=1", f"--max_tokens={max(args.max_tokens, 1024)}"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     address = re.search(r" on (http://\S+)$", line.strip())
@@ -75,6 +76,23 @@ def concurrent(address, streams, max_tokens, seed):
     return sum(tokens for _, _, tokens in results) / wall, per_stream
 
 
+def measure(model_args, args):
+    """{streams: [(aggregate tokens/s, per stream), ...] a repeat} from a server of model_args."""
+    proc, address = start_server(model_args, args)
+    try:
+        concurrent(address, max(args.streams), 8, seed=0)  # warm-up: allocator, the batched cache
+        runs = {n: [] for n in args.streams}
+        for repeat in range(args.repeats):
+            for n in args.streams:
+                runs[n].append(concurrent(address, n, args.max_tokens, seed=1000 * repeat))
+                print(f"  repeat {repeat + 1}, {n} streams: {runs[n][-1][0]:.1f} tokens/s in all, "
+                      f"{runs[n][-1][1]:.1f} per stream", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return runs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -84,28 +102,22 @@ def main():
     parser.add_argument("--n_layer", type=int, default=12)
     parser.add_argument("--n_head", type=int, default=12)
     parser.add_argument("--n_embd", type=int, default=768)
+    parser.add_argument("--out_dir", default="", help="serve this training run's ckpt.pt (any model, modern "
+                        "switches too) instead of random GPT-2 weights of the shape above")
     args = parser.parse_args()
     try:
         args.streams = [int(s) for s in args.streams.split(",")]
     except ValueError:
         raise SystemExit(f"error: --streams={args.streams}: give numbers separated by commas, e.g. 1,4,8") from None
 
-    with tempfile.TemporaryDirectory() as model_dir:
-        torch.manual_seed(0)
-        config = GPTConfig(vocab_size=50257, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-        save_pretrained(GPT(config), model_dir)
-        proc, address = start_server(model_dir, args)
-        try:
-            concurrent(address, max(args.streams), 8, seed=0)  # warm-up: allocator, the batched cache
-            runs = {n: [] for n in args.streams}
-            for repeat in range(args.repeats):
-                for n in args.streams:
-                    runs[n].append(concurrent(address, n, args.max_tokens, seed=1000 * repeat))
-                    print(f"  repeat {repeat + 1}, {n} streams: {runs[n][-1][0]:.1f} tokens/s in all, "
-                          f"{runs[n][-1][1]:.1f} per stream", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait()
+    if args.out_dir:
+        runs = measure(["--init_from=resume", f"--out_dir={args.out_dir}"], args)
+    else:
+        with tempfile.TemporaryDirectory() as model_dir:
+            torch.manual_seed(0)
+            config = GPTConfig(vocab_size=50257, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+            save_pretrained(GPT(config), model_dir)
+            runs = measure([f"--init_from={model_dir}"], args)
 
     print(f"{torch.get_num_threads()} threads, {args.max_tokens} tokens a stream, median (min-max) of {args.repeats}")
     print(f"{'streams':>7} {'aggregate tokens/s':>22} {'per stream':>20} {f'vs {args.streams[0]}':>12}")

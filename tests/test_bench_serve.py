@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_serve import PROMPT
+from checkpoint import save_checkpoint
+from model import GPT, GPTConfig
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,3 +30,17 @@ def test_reports_each_number_of_streams():
 def test_bad_streams():
     result = bench("--streams=1,four")
     assert result.returncode != 0 and "--streams=1,four: give numbers separated by commas" in result.stderr
+
+
+def test_serves_a_trained_run(tmp_path):
+    # a checkpoint of a modern-recipe char model, streamed past its block_size (the ring cache)
+    model = GPT(GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=2, n_embd=16, rope=True, norm="rmsnorm"))
+    chars = sorted(set(PROMPT) | set("abcdefghijklmnopqrstuvwxyz"))
+    chars += [chr(0x100 + i) for i in range(65 - len(chars))]
+    save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "iter_num": 1,
+                     "best_val_loss": 4.0, "meta": {"tokenizer": "char", "vocab_size": 65, "chars": chars}},
+                    str(tmp_path / "ckpt.pt"))
+    result = bench(f"--out_dir={tmp_path}", "--streams=2", "--max_tokens=20", "--repeats=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "char (65) tokenizer" in result.stdout  # serve.py's first line: it serves the run, not random GPT-2
+    assert re.search(r"^\s+2\s+[\d.]+ \(", result.stdout, re.MULTILINE), result.stdout
