@@ -15,9 +15,11 @@ each figure is the median over repeats, with the fastest and slowest beside it.
 
 --max_batch (CUDA) first finds the largest batch_size whose eager optimizer steps fit in the
 GPU's memory, doubling it and then bisecting, and benchmarks every mode at that size (a
-compiled step needs more or less memory than an eager one: it may not be compile's largest). --profile=DIR records a few optimizer steps of each mode after
-timing, prints the ops that took the most time, and writes DIR/trace-MODE.json.gz, which
-Perfetto (ui.perfetto.dev) and chrome://tracing open.
+compiled step needs more or less memory than an eager one: it may not be compile's largest).
+
+--profile=DIR records a few optimizer steps of each mode after timing, prints the ops that
+took the most time, and writes DIR/trace-MODE.json.gz, which Perfetto (ui.perfetto.dev) and
+chrome://tracing open.
 """
 
 import json

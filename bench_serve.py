@@ -33,9 +33,9 @@ PROMPT = "The history of the printing press begins"
 
 
 def start_server(model_args, args):
+    limits = [f"--max_batch={max(args.streams)}", "--max_n=1", f"--max_tokens={max(args.max_tokens, 1024)}"]
     proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), *model_args, "--port=0", f"--device={args.device}",
-                             f"--max_batch={max(args.streams)}", "--max_n=1", f"--max_tokens={max(args.max_tokens, 1024)}"],
-                            stdout=subprocess.PIPE, text=True)
+                             *limits], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     address = re.search(r" on (http://\S+)$", line.strip())
     if not address:

@@ -116,8 +116,9 @@ def prepare(data_file, tokenizer, block_size, limit=None):
     """The tokenized examples for a model of data.get_tokenizer's tokenizer. An empty data_file
     means HellaSwag's val set in data/hellaswag/, downloaded if missing."""
     if tokenizer.kind != "gpt2":
-        raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the {tokenizer.kind!r} "
-                         "tokenizer: train on GPT-2 tokens (prepare_fineweb.py, prepare_shakespeare.py --tokenizer gpt2)")
+        raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the "
+                         f"{tokenizer.kind!r} tokenizer: train on GPT-2 tokens (prepare_fineweb.py, "
+                         "prepare_shakespeare.py --tokenizer gpt2)")
     path = data_file or DEFAULT_FILE
     if not data_file:
         # one download per node: local rank 0 fetches, the others wait for it
@@ -134,7 +135,7 @@ def prepare(data_file, tokenizer, block_size, limit=None):
 
 def row_losses(model, idx, targets):
     """Each row's summed cross-entropy over its targets; -1 marks a position that is not scored."""
-    _, losses = model(idx, targets, reduction="none")  # float32 under autocast too: cross_entropy is autocast's
+    _, losses = model(idx, targets, reduction="none")  # float32: autocast runs cross_entropy in float32
     return losses.sum(1)
 
 
