@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ import torch
 from checkpoint import write_atomically
 from configurator import configure
 from data import dataset_dir, read_meta
-from model import DTYPES, GPT, PRESETS, GPTConfig, check_device, gpu_peak_flops, pick_device, pick_dtype
+from model import GPT, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
 
 # -----------------------------------------------------------------------------
 dataset = ""  # as in train.py: the vocabulary size is its meta.json's, if it has one
@@ -99,13 +98,11 @@ if vocab_size is None:
     meta = read_meta(dataset_dir(dataset)) if dataset else None
     vocab_size = meta["vocab_size"] if meta else 50304
 try:
-    check_device(device, dtype)
+    device, dtype = resolve_device(device, dtype)
 except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-device = pick_device() if device == "auto" else device
 device_type = device.split(":")[0]
-dtype = pick_dtype(device) if dtype == "auto" else dtype
-autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+autocast = autocast_for(device, dtype)
 device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else f"{device_type}, {torch.get_num_threads()} threads"
 peak_flops = gpu_peak_flops(device_name) if device_type == "cuda" else None
 if max_batch and device_type != "cuda":

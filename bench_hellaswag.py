@@ -13,13 +13,12 @@ the slowest and fastest beside it.
 import argparse
 import statistics
 import time
-from contextlib import nullcontext
 
 import torch
 
 import hellaswag
 from data import get_tokenizer
-from model import DTYPES, GPT, GPTConfig, pick_device, pick_dtype
+from model import DTYPES, GPT, GPTConfig, autocast_for, resolve_device
 
 
 def main():
@@ -28,14 +27,17 @@ def main():
     parser.add_argument("--limit", type=int, default=48, help="the first N examples")
     parser.add_argument("--batch_sizes", default="1,4,16", help="examples per forward pass, comma-separated")
     parser.add_argument("--modes", default="eager", help="eager and/or compile, comma-separated")
-    parser.add_argument("--device", default=pick_device())
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    dtype = pick_dtype(args.device) if args.dtype == "auto" else args.dtype
+    try:
+        args.device, dtype = resolve_device(args.device, args.dtype)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     device_type = args.device.split(":")[0]
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+    autocast = autocast_for(args.device, dtype)
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("gpt2", vocab_size=50257)).to(args.device)
     try:

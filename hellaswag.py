@@ -34,7 +34,7 @@ import torch.distributed as dist
 from checkpoint import write_atomically
 from configurator import configure
 from generation import load_model
-from model import DTYPES, check_device, pick_device, pick_dtype
+from model import autocast_for, resolve_device
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 DEFAULT_FILE = os.path.join("data", "hellaswag", "hellaswag_val.jsonl")
@@ -233,24 +233,19 @@ def main(argv):
         fail(f"limit={c['limit']!r}: give a number of examples, at least 1 (or None for all)")
     if c["batch_size"] < 1:
         fail(f"batch_size={c['batch_size']}: it must be at least 1")
-    try:
-        check_device(c["device"], c["dtype"])
-    except ValueError as e:
-        fail(e)
     # under torchrun each process takes its own device and a share of the examples
     ddp = "RANK" in os.environ
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(local_rank) if c["device"] == "auto" else c["device"]
-    if ddp and device == "cuda":
-        device = f"cuda:{local_rank}"
+    try:
+        device, dtype = resolve_device(c["device"], c["dtype"], int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError as e:
+        fail(e)
     device_type = device.split(":")[0]
     if device_type == "cuda":
         torch.cuda.set_device(device)
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     master = not ddp or dist.get_rank() == 0
-    dtype = pick_dtype(device) if c["dtype"] == "auto" else c["dtype"]
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+    autocast = autocast_for(device, dtype)
 
     try:
         model, tokenizer, _ = load_model(c["init_from"], c["out_dir"], c["checkpoint"])

@@ -8,6 +8,7 @@ weights map one to one with OpenAI's checkpoints.
 """
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -434,6 +435,23 @@ def check_device(device, dtype="auto"):
                          f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device=mps but Metal (MPS) is not available here: use --device=cpu, or leave device=auto")
+
+
+def resolve_device(device, dtype, local_rank=0):
+    """The device and dtype to run on, "auto" settled: a GPU if there is one, under torchrun the
+    process's own (cuda:LOCAL_RANK, which plain "cuda" also means, as in nanoGPT), and its best
+    dtype. ValueError, as check_device's, for what this machine lacks."""
+    check_device(device, dtype)
+    if device == "auto":
+        device = pick_device(local_rank)
+    elif device == "cuda":
+        device = f"cuda:{local_rank}"
+    return device, pick_dtype(device) if dtype == "auto" else dtype
+
+
+def autocast_for(device, dtype):
+    """Mixed precision in dtype on device; float32 runs as it is."""
+    return nullcontext() if dtype == "float32" else torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
 
 
 def pick_dtype(device):

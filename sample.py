@@ -14,7 +14,6 @@ and config files as train.py.
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from checkpoint import write_atomically
 from configurator import configure
 from data import encode_prompt
 from generation import beam_search, generate, load_model
-from model import DTYPES, check_device, pick_device, pick_dtype
+from model import autocast_for, resolve_device
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
@@ -68,13 +67,10 @@ if num_samples < 1:
 if out_file and not os.path.isdir(os.path.dirname(os.path.abspath(out_file))):
     fail(f"out_file={out_file}: its directory does not exist")
 try:
-    check_device(device, dtype)
+    device, dtype = resolve_device(device, dtype)
 except ValueError as e:
     fail(e)
-device = pick_device() if device == "auto" else device
-device_type = device.split(":")[0]
-dtype = pick_dtype(device) if dtype == "auto" else dtype
-autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+autocast = autocast_for(device, dtype)
 
 # the model, and the tokenizer of the data it was trained on
 try:

@@ -17,11 +17,10 @@ import socket
 import sys
 import time
 import uuid
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import List, Optional, Union
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -32,7 +31,7 @@ from configurator import configure
 from data import encode_prompt
 from engine import Engine, Job
 from generation import load_model
-from model import DTYPES, check_device, pick_device, pick_dtype
+from model import autocast_for, resolve_device
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
@@ -311,12 +310,10 @@ def main(argv):
     if config["max_n"] > config["max_batch"]:
         fail(f"max_n={config['max_n']} is above max_batch={config['max_batch']}: a request's choices run together")
     try:
-        check_device(config["device"], config["dtype"])
+        device, dtype = resolve_device(config["device"], config["dtype"])
     except ValueError as e:
         fail(e)
-    device = pick_device() if config["device"] == "auto" else config["device"]
-    dtype = pick_dtype(device) if config["dtype"] == "auto" else config["dtype"]
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device.split(":")[0], DTYPES[dtype])
+    autocast = autocast_for(device, dtype)
     try:
         model, tokenizer, trained = load_model(config["init_from"], config["out_dir"], config["checkpoint"])
     except (OSError, ValueError, RuntimeError) as e:

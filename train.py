@@ -35,7 +35,7 @@ from checkpoint import (
 from configurator import configure
 from data import ShardLoader, dataset_dir, get_tokenizer, read_meta
 from hf import from_pretrained
-from model import DTYPES, GPT, GPT2_SWITCHES, PRESETS, GPTConfig, check_device, gpu_peak_flops, pick_device, pick_dtype
+from model import DTYPES, GPT, GPT2_SWITCHES, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
 from plot import BackgroundPlot
 
 # -----------------------------------------------------------------------------
@@ -173,7 +173,6 @@ def check_config():
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
     if init_from not in ("scratch", "resume", *PRESETS) and not os.path.isdir(init_from):
         fail(f"init_from={init_from!r}: use scratch, resume, {', '.join(PRESETS)} or a local Hugging Face directory")
-    or_fail(check_device, device)
 
 
 check_config()
@@ -184,10 +183,7 @@ ddp = "RANK" in os.environ
 rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
                                 if ddp else (0, 0, 1))
 master = rank == 0
-if device == "auto":
-    device = pick_device(local_rank)
-elif device == "cuda":  # nanoGPT's spelling: each rank takes its own GPU
-    device = f"cuda:{local_rank}"
+device, dtype = or_fail(resolve_device, device, dtype, local_rank)
 device_type = device.split(":")[0]
 if ddp and device_type == "cuda" and torch.device(device).index != local_rank:
     fail(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
@@ -217,9 +213,7 @@ if gradient_accumulation_steps % world_size:
 accum_steps = gradient_accumulation_steps // world_size
 tokens_per_iter = accum_steps * world_size * batch_size * block_size
 
-if dtype == "auto":
-    dtype = pick_dtype(device)
-autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+autocast = autocast_for(device, dtype)
 
 # -----------------------------------------------------------------------------
 # data
