@@ -31,9 +31,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import write_atomically
 from configurator import configure
-from data import dataset_dir, read_meta
+from data import dataset_dir, read_meta, write_atomically
 from model import GPT, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
 
 # -----------------------------------------------------------------------------

@@ -19,20 +19,8 @@ import shutil
 
 import torch
 
+from data import write_atomically
 from model import GPT, GPTConfig
-
-
-def write_atomically(path, write):
-    """write(tmp), then rename tmp to path: a crash or a full disk mid-write never destroys the
-    previous file at path, and no half-written file is left behind."""
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(ckpt, path):

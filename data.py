@@ -38,6 +38,20 @@ GPT2_ENV = "GPT2_TIKTOKEN_FILE"
 GPT2_EOT = 50256
 
 
+def write_atomically(path, write):
+    """write(tmp), then rename tmp to path: a crash or a full disk mid-write never destroys the
+    previous file at path, and no half-written file is left behind. Shards, meta.json,
+    checkpoints, Hugging Face files, plots and n-gram baselines are written through it."""
+    tmp = f"{path}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 # -----------------------------------------------------------------------------
 # shards
 
@@ -86,11 +100,12 @@ def write_shard(path, tokens):
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = MAGIC, VERSION, len(tokens)
     # a crash mid-write must never leave a file that looks like a finished shard
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tofile(f)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tofile(f)
+
+    write_atomically(path, write)
 
 
 def shard_length(path):
@@ -130,10 +145,7 @@ def dataset_dir(dataset):
 
 def write_meta(data_dir, meta):
     check_vocab_size(meta["vocab_size"])
-    path = Path(data_dir) / META_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(Path(data_dir) / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def read_meta(data_dir):

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import write_atomically
 from configurator import configure
+from data import write_atomically
 from generation import load_model
 from model import autocast_for, resolve_device
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tiktoken_ext.openai_public import ENDOFTEXT
 
-from checkpoint import write_atomically
+from data import write_atomically
 from model import GPT, GPT2_VOCAB_SIZE, PRESETS, GPTConfig
 
 

@@ -41,11 +41,12 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from configurator import configure
-from data import dataset_dir, find_shards, get_tokenizer, read_meta, read_shard
+from data import dataset_dir, find_shards, get_tokenizer, read_meta, read_shard, write_atomically
 
 # -----------------------------------------------------------------------------
 dataset = "shakespeare_char"  # a directory under data/, or a path to one
@@ -237,14 +238,7 @@ def record_baseline(data_dir, order, val_loss):
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def sample(model, tokenizer, prompt, rng):

@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from data import write_atomically
 from ngram import read_baselines
 
 FORMATS = ("png", "svg", "pdf")
@@ -163,13 +164,7 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02):
     for ax in axes[len(panels):]:  # an odd panel count leaves the last cell empty
         ax.set_visible(False)
 
-    tmp = out + ".tmp"
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(out, lambda tmp: fig.savefig(tmp, format=fmt))
 
 
 def parse_ref(text):

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import write_atomically
 from configurator import configure
-from data import encode_prompt
+from data import encode_prompt, write_atomically
 from generation import beam_search, generate, load_model
 from model import autocast_for, resolve_device
 
