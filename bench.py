@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -108,10 +109,7 @@ if max_batch and device_type != "cuda":
     raise SystemExit(f"error: max_batch finds what fits in a GPU's memory, and the device is {device}: "
                      "set --batch_size instead")
 try:
-    model_config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                             n_embd=n_embd, dropout=dropout, bias=bias, rope=rope, norm=norm, qk_norm=qk_norm,
-                             mlp_act=mlp_act, tie_embeddings=tie_embeddings, zero_init_proj=zero_init_proj,
-                             logit_softcap=logit_softcap)
+    model_config = GPTConfig(**{f.name: globals()[f.name] for f in fields(GPTConfig)})  # as train.py builds it
 except ValueError as e:
     raise SystemExit(f"error: {e}") from None
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None

@@ -317,9 +317,9 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
         """AdamW; or, given muon=dict(lr=..., weight_decay=..., momentum=...), Muon for the blocks'
         matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one."""
-        params = [p for p in self.parameters() if p.requires_grad]
         hidden = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
-        params = [p for p in params if all(p is not h for h in hidden)]
+        in_muon = {id(p) for p in hidden}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in in_muon]
         # Decay the matrices (Linear weights, embeddings); leave biases and LayerNorm gains alone.
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},

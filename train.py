@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -229,10 +230,7 @@ val_loader = or_fail(ShardLoader, data_dir, "val", **loader_args)
 torch.manual_seed(seed)  # the same initial weights on every rank
 if init_from == "scratch":
     vocab_size = meta["vocab_size"] if meta else 50304  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
-    model_args = dict(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, dropout=dropout, bias=bias, rope=rope, norm=norm, qk_norm=qk_norm,
-                      mlp_act=mlp_act, tie_embeddings=tie_embeddings, zero_init_proj=zero_init_proj,
-                      logit_softcap=logit_softcap)
+    model_args = {f.name: globals()[f.name] for f in fields(GPTConfig)}  # this config's values of its keys
     model = GPT(or_fail(GPTConfig, **model_args))
 elif init_from == "resume":
     model_args = {**ckpt["model_args"], "dropout": dropout}  # dropout may change, the shape may not
