@@ -135,7 +135,7 @@ class Choice:
 
 
 def model_info(model, tokenizer, trained, name, device, dtype):
-    tok = "gpt2 (BPE, 50257)" if tokenizer.eot_token is not None else f"char ({tokenizer.vocab_size})"
+    tok = f"gpt2 (BPE, {tokenizer.vocab_size})" if tokenizer.kind == "gpt2" else f"char ({tokenizer.vocab_size})"
     return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local",
             "parameters": model.num_params(non_embedding=False), "tokenizer": tok,
             "block_size": model.config.block_size, "iter_num": trained["iter_num"],
@@ -255,8 +255,10 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
         for key, off in unsupported.items():
             if getattr(body, key) != off:
                 raise ApiError(400, f"{key}: not supported by this server; leave it out")
-        if body.best_of not in (None, body.n) or body.logit_bias:
-            raise ApiError(400, f"{'best_of' if body.logit_bias is None else 'logit_bias'}: not supported by this server; leave it out")
+        if body.best_of not in (None, body.n):
+            raise ApiError(400, "best_of: not supported by this server; leave it out")
+        if body.logit_bias:
+            raise ApiError(400, "logit_bias: not supported by this server; leave it out")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
