@@ -52,6 +52,11 @@ def write_atomically(path, write):
         raise
 
 
+def write_json(path, value):
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n",
+                                                            encoding="utf-8"))
+
+
 # -----------------------------------------------------------------------------
 # shards
 

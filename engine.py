@@ -205,11 +205,11 @@ class Engine:
         return generator
 
     def _step(self):
-        # a GPT-2 row whose next token would sit past block_size leaves the cache for the sliding window
-        for i in reversed(range(len(self.cached))):
-            if not self.slides and len(self.cached[i].tokens) > self.block_size:
-                self.windowed.append(self.cached[i])
-                self._remove_cached(i)
+        if not self.slides:  # a GPT-2 row whose next token would sit past block_size leaves the cache
+            for i in reversed(range(len(self.cached))):
+                if len(self.cached[i].tokens) > self.block_size:
+                    self.windowed.append(self.cached[i])
+                    self._remove_cached(i)
         batch, window = list(self.cached), list(self.windowed)
         if batch:
             idx = torch.tensor([[r.tokens[-1]] for r in batch], dtype=torch.long, device=self.device)

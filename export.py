@@ -17,8 +17,8 @@ import sys
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
-from data import get_tokenizer
-from hf import save_gpt2_tokenizer, save_pretrained, write_json
+from data import get_tokenizer, write_json
+from hf import save_gpt2_tokenizer, save_pretrained
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the training run
@@ -60,12 +60,13 @@ def export(ckpt, directory):
     model = model_from_checkpoint(ckpt)
     tokenizer = get_tokenizer(ckpt["meta"])
     save_pretrained(model, directory, eos_token_id=tokenizer.eot_token)
-    if ckpt["meta"] is None or ckpt["meta"]["tokenizer"] == "gpt2":
+    if tokenizer.kind == "gpt2":
         save_gpt2_tokenizer(directory, tokenizer.enc, model.config.block_size)
     else:
         write_json(os.path.join(directory, "char_vocab.json"), tokenizer.chars)
         with open(os.path.join(directory, "README.md"), "w") as f:
             f.write(CHAR_README.replace("DIR", os.path.basename(os.path.normpath(to))))
+    return tokenizer.kind
 
 
 if not to:
@@ -82,7 +83,7 @@ except (OSError, ValueError) as e:
 tmp, old = os.path.normpath(to) + ".tmp", os.path.normpath(to) + ".old"
 shutil.rmtree(tmp, ignore_errors=True)  # what a killed export left
 try:
-    export(ckpt, tmp)
+    kind = export(ckpt, tmp)
     if os.path.exists(to):
         os.replace(to, old)
     os.replace(tmp, to)
@@ -92,7 +93,6 @@ finally:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
-kind = ckpt["meta"]["tokenizer"] if ckpt["meta"] else "gpt2"
 print(f"exported {out_dir}/{checkpoint} (iter {ckpt['iter_num']}) to {to}/ with its {kind} tokenizer")
 if kind == "char":
     print(f"note: a character-level model: transformers has no tokenizer for it; {to}/README.md says how to "

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tiktoken_ext.openai_public import ENDOFTEXT
 
-from data import write_atomically
+from data import write_atomically, write_json
 from model import GPT, GPT2_VOCAB_SIZE, PRESETS, GPTConfig
 
 
@@ -143,11 +143,6 @@ def gpt2_byte_chars():
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     moved = [b for b in range(256) if b not in printable]
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
-
-
-def write_json(path, value):
-    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n",
-                                                            encoding="utf-8"))
 
 
 # HF's GPT-2 uses Conv1D layers, which store these matrices as (in, out); nn.Linear stores (out, in).

@@ -41,12 +41,11 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from configurator import configure
-from data import dataset_dir, find_shards, get_tokenizer, read_meta, read_shard, write_atomically
+from data import dataset_dir, find_shards, get_tokenizer, read_meta, read_shard, write_json
 
 # -----------------------------------------------------------------------------
 dataset = "shakespeare_char"  # a directory under data/, or a path to one
@@ -235,10 +234,6 @@ def read_baselines(data_dir):
 def record_baseline(data_dir, order, val_loss):
     baselines = {**read_baselines(data_dir), order: val_loss}
     write_json(os.path.join(data_dir, BASELINES_FILE), {str(k): baselines[k] for k in sorted(baselines)})
-
-
-def write_json(path, obj):
-    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def sample(model, tokenizer, prompt, rng):

@@ -106,8 +106,7 @@ seed = 1337
 defaults = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 config, overrides = configure(defaults, sys.argv[1:], usage=__doc__)
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "rope", "norm", "qk_norm", "mlp_act",
-              "tie_embeddings", "zero_init_proj", "logit_softcap")
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *GPT2_SWITCHES)
 
 
 def fail(message):
