@@ -1,11 +1,11 @@
-"""bench_serve.py end to end on a tiny model: it starts serve.py, streams, and reports every count."""
+"""bench/serve.py end to end on a tiny model: it starts serve.py, streams, and reports every count."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from bench_serve import PROMPT
+from bench.serve import PROMPT
 from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bench(*args):
-    return subprocess.run([sys.executable, str(REPO / "bench_serve.py"), *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bench.serve", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
 
 

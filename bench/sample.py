@@ -2,8 +2,8 @@
 Generation speed, with and without the KV cache, on random weights of two shapes: the
 Shakespeare char model (6 x 384, block 256) and GPT-2 124M (12 x 768, block 1024).
 
-  python bench_sample.py                       # 500 new tokens, 3 repeats, on the default device
-  python bench_sample.py --device=cpu --repeats=5 --new_tokens=200
+  python -m bench.sample                       # 500 new tokens, 3 repeats, on the default device
+  python -m bench.sample --device=cpu --repeats=5 --new_tokens=200
 
 Prints tokens/s as the median of the repeats, with the slowest and fastest beside it.
 """

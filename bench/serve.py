@@ -2,9 +2,9 @@
 Serving speed through serve.py's HTTP API: tokens/s of one stream, and the aggregate tokens/s of
 1, 4 and 8 concurrent streams, on random weights of GPT-2 124M's shape or on a trained run.
 
-  python bench_serve.py                               # CPU, 64 tokens a stream, 3 repeats
-  python bench_serve.py --streams=1,2,4,8 --max_tokens=128 --repeats=5
-  python bench_serve.py --out_dir=out-shakespeare-char-cpu-modern --max_tokens=500  # a trained run
+  python -m bench.serve                               # CPU, 64 tokens a stream, 3 repeats
+  python -m bench.serve --streams=1,2,4,8 --max_tokens=128 --repeats=5
+  python -m bench.serve --out_dir=out-shakespeare-char-cpu-modern --max_tokens=500  # a trained run
 
 It saves the model to a temporary directory (or serves the run's ckpt.pt), starts `python
 serve.py` on a free loopback port, and sends concurrent streamed requests from threads. The
@@ -28,7 +28,7 @@ import torch
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The history of the printing press begins"
 
 

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bench(*args):
-    return subprocess.run([sys.executable, str(REPO / "bench.py"), *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bench.train", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 

@@ -2,12 +2,12 @@
 Training throughput of a model shape: forward+backward alone, and the full optimizer step
 (forward, backward, clipping, AdamW or Muon), eager and under torch.compile, on random tokens.
 
-  python bench.py                                            # GPT-2 124M, batch 12 x 1024
-  python bench.py config/train_shakespeare_char_cpu.py --modes=eager
-  python bench.py config/train_gpt2.py --batch_size=16 --out_file=bench_gpt2.json
-  python bench.py config/train_gpt2_modern.py                # the modern recipe's model and Muon
-  python bench.py --preset=gpt2-large --activation_checkpointing=True --max_batch=True   # CUDA
-  python bench.py --modes=compile --profile=prof              # torch.profiler: top ops, and traces
+  python -m bench.train                                      # GPT-2 124M, batch 12 x 1024
+  python -m bench.train config/train_shakespeare_char_cpu.py --modes=eager
+  python -m bench.train config/train_gpt2.py --batch_size=16 --out_file=bench_gpt2.json
+  python -m bench.train config/train_gpt2_modern.py          # the modern recipe's model and Muon
+  python -m bench.train --preset=gpt2-large --activation_checkpointing=True --max_batch=True   # CUDA
+  python -m bench.train --modes=compile --profile=prof        # torch.profiler: top ops, and traces
 
 Reads train.py's config files (keys it has no use for are skipped) and takes --key=value
 flags. Warm-up steps are not timed, the device is synchronised before each clock read, and

@@ -2,8 +2,8 @@
 How fast prepare_fineweb.py tokenizes, with 1 and 2 processes, beside the ceiling on this
 machine: tiktoken's encode_ordinary_batch over the same texts in this one process.
 
-    python bench_prepare.py                          # the FineWeb sample beside the repo
-    python bench_prepare.py --data_dir DIR --repeat 20 --trials 5
+    python -m bench.prepare                          # the FineWeb sample beside the repo
+    python -m bench.prepare --data_dir DIR --repeat 20 --trials 5
 
 The sample's 500 documents (0.8M tokens) are repeated --repeat times into one parquet file,
 so that tokenizing outweighs starting up. Rates of prepare_fineweb.py are the ones it prints,
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 import data
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ceiling(texts, num_threads):

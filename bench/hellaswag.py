@@ -2,8 +2,8 @@
 HellaSwag scoring speed at GPT-2 124M's shape, on random weights: the speed does not depend on
 them, and no download is needed.
 
-  python bench_hellaswag.py --data_file=../shared/data/hellaswag/hellaswag_val.jsonl --limit=48
-  python bench_hellaswag.py --limit=10042 --modes=eager,compile --batch_sizes=16,64    # a GPU
+  python -m bench.hellaswag --data_file=../shared/data/hellaswag/hellaswag_val.jsonl --limit=48
+  python -m bench.hellaswag --limit=10042 --modes=eager,compile --batch_sizes=16,64    # a GPU
 
 Each setting (mode, batch size) is timed --repeats times, the settings interleaved, after an
 untimed run that compiles (under compile) and warms up; prints examples/s as the median with
