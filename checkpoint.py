@@ -19,7 +19,7 @@ import shutil
 
 import torch
 
-from data import write_atomically
+from atomic import write_atomically
 from model import GPT, GPTConfig
 
 

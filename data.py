@@ -1,6 +1,6 @@
 """
 From tokens on disk to training batches: the shard format, the dataset's metadata file,
-the tokenizers, and the loader that train.py draws batches from.
+and the loader that train.py draws batches from.
 
 A shard is the file format of llm.c and modded-nanogpt, so shards move between the projects
 either way: a header of 256 little-endian int32 (header[0] = 20240520, header[1] = 1 for
@@ -9,17 +9,13 @@ little-endian uint16. A dataset directory holds shards named *{split}_*.bin and,
 here, a meta.json that names the tokenizer.
 """
 
-import base64
-import codecs
-import hashlib
 import json
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import tiktoken
-from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+from atomic import write_atomically
 
 MAGIC = 20240520
 VERSION = 1
@@ -29,32 +25,6 @@ TOKEN_DTYPE = np.dtype("<u2")
 MAX_VOCAB = 2**16  # uint16 holds the token ids 0..65535
 
 META_FILE = "meta.json"
-
-# GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
-# shipped so that nothing needs the network
-GPT2_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
-GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-GPT2_ENV = "GPT2_TIKTOKEN_FILE"
-GPT2_EOT = 50256
-
-
-def write_atomically(path, write):
-    """write(tmp), then rename tmp to path: a crash or a full disk mid-write never destroys the
-    previous file at path, and no half-written file is left behind. Shards, meta.json,
-    checkpoints, Hugging Face files, plots and n-gram baselines are written through it."""
-    tmp = f"{path}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path, value):
-    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n",
-                                                            encoding="utf-8"))
 
 
 # -----------------------------------------------------------------------------
@@ -162,107 +132,6 @@ def read_meta(data_dir):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-# -----------------------------------------------------------------------------
-# tokenizers
-
-@lru_cache(maxsize=None)
-def _gpt2_from_file(path):
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read the GPT-2 BPE ranks file {path}: {e.strerror}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != GPT2_SHA256:
-        raise ValueError(f"{path} is not the GPT-2 BPE ranks file "
-                         f"(sha256 {digest[:8]}..., expected {GPT2_SHA256[:8]}...): use tiktoken's r50k_base.tiktoken or this repo's assets/gpt2.tiktoken")
-    # the format is one "base64(token bytes) rank" pair a line
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
-    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
-
-
-def gpt2_encoding(vocab_file=None):
-    """GPT-2's tiktoken Encoding, from the first of: vocab_file, $GPT2_TIKTOKEN_FILE, the shipped
-    assets/gpt2.tiktoken, tiktoken's own download. A file that is named but wrong is an error,
-    not a reason to try the next source."""
-    path = vocab_file or os.environ.get(GPT2_ENV)
-    if path:
-        return _gpt2_from_file(str(path))
-    if GPT2_FILE.exists():
-        return _gpt2_from_file(str(GPT2_FILE))
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        raise FileNotFoundError(f"no GPT-2 BPE ranks: {GPT2_FILE} is missing and tiktoken could not fetch them "
-                           f"({type(e).__name__}); provide tiktoken's r50k_base.tiktoken (sha256 {GPT2_SHA256[:8]}...) "
-                           f"with --vocab_file PATH or {GPT2_ENV}=PATH") from None
-
-
-class GPT2Tokenizer:
-    kind = "gpt2"  # as meta.json names it
-
-    def __init__(self, enc):
-        self.enc = enc  # sample.py decodes token bytes across token boundaries through it
-        self.vocab_size = enc.n_vocab
-        self.eot_token = enc.eot_token
-
-    def encode(self, text):
-        # user text is data: "<|endoftext|>" written in it stays plain text
-        return self.enc.encode_ordinary(text)
-
-    def decode(self, ids):
-        return self.enc.decode(ids)
-
-    def stream_decoder(self):
-        """A function from one token to the text it completes; None at the end flushes what is
-        left. Byte-level BPE can split a character's UTF-8 bytes over tokens: those bytes wait
-        until the character is whole."""
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return lambda token: (utf8.decode(b"", final=True) if token is None
-                              else utf8.decode(self.enc.decode_single_token_bytes(token)))
-
-
-class CharTokenizer:
-    kind = "char"
-
-    def __init__(self, chars):
-        self.chars = list(chars)
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self.vocab_size = len(self.chars)
-        self.eot_token = None
-
-    def encode(self, text):
-        unknown = sorted(set(text) - self.stoi.keys())
-        if unknown:
-            raise ValueError(f"characters not in the vocabulary: {''.join(unknown)!r}")
-        return [self.stoi[c] for c in text]
-
-    def decode(self, ids):
-        return "".join(self.chars[i] for i in ids)
-
-    def stream_decoder(self):
-        return lambda token: "" if token is None else self.chars[token]
-
-
-def encode_prompt(tokenizer, text):
-    """A prompt's tokens; an empty prompt starts where a document starts. ValueError for characters
-    that a char-level tokenizer never saw."""
-    tokens = tokenizer.encode(text)
-    if not tokens:
-        tokens = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
-    return tokens
-
-
-def get_tokenizer(meta, vocab_file=None):
-    """The tokenizer that made a dataset; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
-    kind = meta["tokenizer"] if meta else "gpt2"
-    if kind == "gpt2":
-        return GPT2Tokenizer(gpt2_encoding(vocab_file))
-    if kind == "char":
-        return CharTokenizer(meta["chars"])
-    raise ValueError(f"unknown tokenizer {kind!r} in {META_FILE} (expected 'gpt2' or 'char')")
 
 
 # -----------------------------------------------------------------------------

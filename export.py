@@ -15,10 +15,11 @@ import os
 import shutil
 import sys
 
+from atomic import write_json
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
-from data import get_tokenizer, write_json
 from hf import save_gpt2_tokenizer, save_pretrained
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the training run

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from data import get_tokenizer
 from hf import from_pretrained
+from tokenizer import get_tokenizer
 
 
 class KVCache:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from atomic import write_atomically
 from configurator import configure
-from data import write_atomically
 from generation import load_model
 from model import autocast_for, resolve_device
 
@@ -113,7 +113,7 @@ def tokenize(examples, tokenizer, block_size):
 
 
 def prepare(data_file, tokenizer, block_size, limit=None):
-    """The tokenized examples for a model of data.get_tokenizer's tokenizer. An empty data_file
+    """The tokenized examples for a model of tokenizer.get_tokenizer's tokenizer. An empty data_file
     means HellaSwag's val set in data/hellaswag/, downloaded if missing."""
     if tokenizer.kind != "gpt2":
         raise ValueError(f"HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the "

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tiktoken_ext.openai_public import ENDOFTEXT
 
-from data import write_atomically, write_json
+from atomic import write_atomically, write_json
 from model import GPT, GPT2_VOCAB_SIZE, PRESETS, GPTConfig
 
 

@@ -44,8 +44,10 @@ import time
 
 import numpy as np
 
+from atomic import write_json
 from configurator import configure
-from data import dataset_dir, find_shards, get_tokenizer, read_meta, read_shard, write_json
+from data import dataset_dir, find_shards, read_meta, read_shard
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 dataset = "shakespeare_char"  # a directory under data/, or a path to one

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from data import write_atomically
+from atomic import write_atomically
 from ngram import read_baselines
 
 FORMATS = ("png", "svg", "pdf")

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 import data
+from tokenizer import GPT2_ENV, gpt2_encoding
 
 PREFIX = "fineweb"
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
@@ -40,7 +41,7 @@ _enc = None  # each worker's tokenizer
 
 def _init_worker(vocab_file):
     global _enc
-    _enc = data.gpt2_encoding(vocab_file)
+    _enc = gpt2_encoding(vocab_file)
 
 
 def _tokenize(texts):
@@ -123,7 +124,7 @@ def save_shard(out_dir, index, tokens, finished):
 def prepare(args):
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc = data.gpt2_encoding(args.vocab_file)  # fail before starting workers
+    enc = gpt2_encoding(args.vocab_file)  # fail before starting workers
     skipped = [0]
     batches = texts_only(open_batches(args), skipped)
     limit = args.max_tokens // args.shard_size if args.max_tokens else float("inf")
@@ -198,7 +199,7 @@ def main(argv=None):
     parser.add_argument("--shard_size", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes")
     parser.add_argument("--max_tokens", type=int, help="stop after this many tokens")
-    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${data.GPT2_ENV} or the shipped one)")
+    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.num_proc < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         parser.error("--shard_size, --num_proc and --max_tokens must be positive")

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import data
+from tokenizer import GPT2_ENV, CharTokenizer, get_tokenizer
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -49,10 +50,10 @@ def prepare(args):
         raise ValueError(f"the text has {len(text)} characters: too little to split into train and val")
     if args.tokenizer == "char":
         # the vocabulary is the corpus's own characters, sorted so that it does not depend on their order
-        tokenizer = data.CharTokenizer(sorted(set(text)))
+        tokenizer = CharTokenizer(sorted(set(text)))
         meta = {"tokenizer": "char", "vocab_size": tokenizer.vocab_size, "chars": tokenizer.chars}
     else:
-        tokenizer = data.get_tokenizer({"tokenizer": "gpt2"}, vocab_file=args.vocab_file)
+        tokenizer = get_tokenizer({"tokenizer": "gpt2"}, vocab_file=args.vocab_file)
         meta = {"tokenizer": "gpt2", "vocab_size": tokenizer.vocab_size}
     data.check_vocab_size(tokenizer.vocab_size)
 
@@ -77,7 +78,7 @@ def main(argv=None):
     source.add_argument("--input", help="a text file to use instead of the shipped copy")
     source.add_argument("--download", action="store_true", help=f"fetch the text from {URL}")
     parser.add_argument("--out_dir", help="default: data/shakespeare_char (char) or data/shakespeare (gpt2)")
-    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${data.GPT2_ENV} or the shipped one)")
+    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
     args = parser.parse_args(argv)
     try:
         prepare(args)

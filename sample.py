@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from atomic import write_atomically
 from configurator import configure
-from data import encode_prompt, write_atomically
 from generation import beam_search, generate, load_model
 from model import autocast_for, resolve_device
+from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory

@@ -28,10 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from configurator import configure
-from data import encode_prompt
 from engine import Engine, Job
 from generation import load_model
 from model import autocast_for, resolve_device
+from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory

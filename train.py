@@ -34,10 +34,11 @@ from checkpoint import (
     write_atomically,
 )
 from configurator import configure
-from data import ShardLoader, dataset_dir, get_tokenizer, read_meta
+from data import ShardLoader, dataset_dir, read_meta
 from hf import from_pretrained
 from model import DTYPES, GPT, GPT2_SWITCHES, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
 from plot import BackgroundPlot
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # I/O

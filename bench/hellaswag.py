@@ -17,8 +17,8 @@ import time
 import torch
 
 import hellaswag
-from data import get_tokenizer
 from model import DTYPES, GPT, GPTConfig, autocast_for, resolve_device
+from tokenizer import get_tokenizer
 
 
 def main():

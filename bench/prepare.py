@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import data
+from tokenizer import gpt2_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def ceiling(texts, num_threads):
-    enc = data.gpt2_encoding()
+    enc = gpt2_encoding()
     t0 = time.perf_counter()
     tokens = sum(map(len, enc.encode_ordinary_batch(texts, num_threads=num_threads)))
     return tokens / (time.perf_counter() - t0)

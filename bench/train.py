@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
+from atomic import write_atomically
 from configurator import configure
-from data import dataset_dir, read_meta, write_atomically
+from data import dataset_dir, read_meta
 from model import GPT, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
 
 # -----------------------------------------------------------------------------

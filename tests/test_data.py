@@ -3,7 +3,6 @@ import struct
 
 import numpy as np
 import pytest
-import tiktoken
 import torch
 
 import data
@@ -116,84 +115,6 @@ def test_meta_round_trip_and_absence(tmp_path):
     (tmp_path / "meta.json").write_text("{not json")
     with pytest.raises(ValueError, match="meta.json"):
         data.read_meta(tmp_path)
-
-
-# -----------------------------------------------------------------------------
-# tokenizers
-
-def test_offline_gpt2_tokenizer():
-    tok = data.get_tokenizer({"tokenizer": "gpt2"})
-    assert tok.encode("Hello world") == [15496, 995]
-    assert tok.vocab_size == 50257 and tok.eot_token == 50256
-    assert isinstance(tok.enc, tiktoken.Encoding)
-    # special tokens in user text stay text
-    assert 50256 not in tok.encode("a<|endoftext|>b")
-    assert tok.decode(tok.encode("Hello world")) == "Hello world"
-    assert data.get_tokenizer(None).encode("Hello world") == [15496, 995]
-
-
-def test_gpt2_ranks_from_an_explicit_file(tmp_path):
-    copy = tmp_path / "r50k_base.tiktoken"
-    copy.write_bytes(data.GPT2_FILE.read_bytes())
-    enc = data.gpt2_encoding(copy)
-    assert enc.encode_ordinary("Hello world") == [15496, 995]
-
-
-def test_gpt2_ranks_file_with_a_wrong_hash_is_refused(tmp_path, monkeypatch):
-    bad = tmp_path / "bad.tiktoken"
-    bad.write_bytes(data.GPT2_FILE.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="306cd27f") as e:
-        data.gpt2_encoding(bad)
-    assert str(bad) in str(e.value)
-    # the environment variable is read, and wins over the shipped file
-    monkeypatch.setenv("GPT2_TIKTOKEN_FILE", str(bad))
-    with pytest.raises(ValueError, match="bad.tiktoken"):
-        data.gpt2_encoding()
-    monkeypatch.setenv("GPT2_TIKTOKEN_FILE", str(tmp_path / "missing.tiktoken"))
-    with pytest.raises(FileNotFoundError, match="missing.tiktoken"):
-        data.gpt2_encoding()
-
-
-def test_no_gpt2_ranks_anywhere_says_how_to_provide_them(tmp_path, monkeypatch):
-    monkeypatch.delenv("GPT2_TIKTOKEN_FILE", raising=False)
-    monkeypatch.setattr(data, "GPT2_FILE", tmp_path / "gone.tiktoken")
-
-    def offline(name):
-        raise ConnectionError("no network")
-    monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(FileNotFoundError) as e:
-        data.gpt2_encoding()
-    message = str(e.value)
-    assert "gone.tiktoken" in message and "GPT2_TIKTOKEN_FILE" in message and "--vocab_file" in message
-    assert "\n" not in message
-
-
-def test_streaming_decode_keeps_multibyte_characters_whole():
-    tok = data.get_tokenizer({"tokenizer": "gpt2"})
-    text = "naïve café, 日本語 and 🙂🎉!"
-    tokens = tok.encode(text)
-    # the test means something only if some token ends in the middle of a character
-    assert any("\ufffd" in tok.decode([t]) for t in tokens)
-    decode = tok.stream_decoder()
-    pieces = [decode(t) for t in tokens]
-    assert "".join(pieces) == text
-    assert not any("\ufffd" in piece for piece in pieces)
-    assert decode(None) == ""
-    # cut in the middle of a character, the flush at the end gives what is left
-    decode = tok.stream_decoder()
-    partial = "".join(decode(t) for t in tok.encode("a\U0001F642")[:-1])
-    assert partial + decode(None) == "a\ufffd"
-
-
-def test_char_tokenizer():
-    tok = data.get_tokenizer({"tokenizer": "char", "vocab_size": 4, "chars": [" ", "a", "b", "c"]})
-    assert tok.encode("cab a") == [3, 1, 2, 0, 1]
-    assert tok.decode([3, 1, 2, 0, 1]) == "cab a"
-    decode = tok.stream_decoder()
-    assert [decode(t) for t in [3, 1, 2]] == ["c", "a", "b"]
-    assert tok.vocab_size == 4 and tok.eot_token is None
-    with pytest.raises(ValueError, match="'XZ'"):
-        tok.encode("aZbX")
 
 
 # -----------------------------------------------------------------------------

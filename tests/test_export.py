@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from checkpoint import save_checkpoint
-from data import get_tokenizer
 from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[1]

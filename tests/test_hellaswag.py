@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 import hellaswag
 from checkpoint import save_checkpoint
-from data import get_tokenizer
 from hf import save_pretrained
 from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,6 +12,7 @@ import pytest
 import data
 import ngram
 import prepare_shakespeare
+import tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = (REPO / "assets" / "tinyshakespeare.txt").read_text()
@@ -168,8 +169,8 @@ def test_script_reports_records_and_samples(char_data, tmp_path):
 
 def test_script_samples_gpt2_tokens_and_stops_at_endoftext(tmp_path):
     # a text that always ends its "document" after " world"
-    enc = data.get_tokenizer({"tokenizer": "gpt2"})
-    doc = enc.encode("Hello world") + [data.GPT2_EOT]
+    enc = tokenizer.get_tokenizer({"tokenizer": "gpt2"})
+    doc = enc.encode("Hello world") + [tokenizer.GPT2_EOT]
     for split in ("train", "val"):
         data.write_shard(tmp_path / data.shard_name("toy", split, 0), doc * 1000)
     data.write_meta(tmp_path, {"tokenizer": "gpt2", "vocab_size": 50257})

@@ -12,6 +12,7 @@ import pytest
 import data
 import prepare_fineweb
 import prepare_shakespeare
+import tokenizer
 
 SHARD = 1_300  # the sample's 22,074 tokens make 17 shards
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,7 +35,7 @@ def sample(tmp_path_factory):
 
 def _stream(texts):
     """What the shards must hold: every document as <|endoftext|> and its tokens."""
-    enc = data.gpt2_encoding()
+    enc = tokenizer.gpt2_encoding()
     return np.concatenate([[50256] + enc.encode_ordinary(t) for t in texts]).astype(np.uint16)
 
 

@@ -7,11 +7,12 @@ import pytest
 
 import data
 import prepare_shakespeare
+import tokenizer
 
 
 def _decoded(out_dir):
     meta = data.read_meta(out_dir)
-    tok = data.get_tokenizer(meta)
+    tok = tokenizer.get_tokenizer(meta)
     train = data.read_shard(out_dir / "shakespeare_train_000000.bin")
     val = data.read_shard(out_dir / "shakespeare_val_000000.bin")
     assert (len(train), len(val)) == (meta["train_tokens"], meta["val_tokens"])

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 import serve
 from checkpoint import save_checkpoint
-from data import get_tokenizer
 from generation import load_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))
