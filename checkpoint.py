@@ -5,7 +5,7 @@ A checkpoint is one torch.save'd dict of tensors and plain values, so that it lo
 torch.load(weights_only=True) and nothing is ever unpickled:
     model        state_dict of the bare GPT (never DDP- or compile-wrapped)
     model_args   GPTConfig fields
-    optimizer    AdamW state_dict, or AdamW's and Muon's as one (model.ChainedOptimizer);
+    optimizer    AdamW state_dict, or AdamW's and Muon's as one (optim.ChainedOptimizer);
                  scaler: GradScaler state_dict
     iter_num     optimizer steps taken;  best_val_loss
     config       train.py's whole configuration

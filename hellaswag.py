@@ -33,8 +33,8 @@ import torch.distributed as dist
 
 from atomic import write_atomically
 from configurator import configure
+from device import autocast_for, resolve_device
 from generation import load_model
-from model import autocast_for, resolve_device
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 DEFAULT_FILE = os.path.join("data", "hellaswag", "hellaswag_val.jsonl")

@@ -1,14 +1,13 @@
 """
-GPT-2: the model, its optimizer groups, and its FLOPs and MFU; devices and dtypes.
-GPTConfig's switches beyond GPT-2 (RoPE, RMSNorm, ...) and Muon are opt-in; off, it is GPT-2 exactly.
-Generation lives in generation.py, the Hugging Face bridge in hf.py.
+GPT-2: the model, and its FLOPs and MFU. GPTConfig's switches beyond GPT-2 (RoPE, RMSNorm, ...)
+are opt-in; off, it is GPT-2 exactly. Its optimizer lives in optim.py, generation in
+generation.py, the Hugging Face bridge in hf.py.
 
 Parameter names are GPT-2's own (transformer.wte, .wpe, .h.N.attn.c_attn, ...), so
 weights map one to one with OpenAI's checkpoints.
 """
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -314,24 +313,6 @@ class GPT(nn.Module):
         if self.transformer.wpe is not None:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
-        """AdamW; or, given muon=dict(lr=..., weight_decay=..., momentum=...), Muon for the blocks'
-        matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one."""
-        hidden = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
-        in_muon = {id(p) for p in hidden}
-        params = [p for p in self.parameters() if p.requires_grad and id(p) not in in_muon]
-        # Decay the matrices (Linear weights, embeddings); leave biases and LayerNorm gains alone.
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        # the fused kernel updates each tensor in one pass instead of about ten (CPU since torch 2.4)
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
-        if not muon:
-            return adamw
-        # "original" scales the rate by sqrt(max(1, out/in)), Keller Jordan's rule (modded-nanogpt's rates)
-        return ChainedOptimizer(adamw, torch.optim.Muon(hidden, nesterov=True, adjust_lr_fn="original", **muon))
-
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B:
         6 per parameter per token for the matmuls, plus 12 * n_layer * n_embd * T for attention."""
@@ -343,131 +324,3 @@ class GPT(nn.Module):
         if not peak_flops:
             return None
         return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops
-
-
-class ChainedOptimizer:
-    """Optimizers that step as one, e.g. AdamW and Muon over disjoint parameters. The training
-    loop, GradScaler (one inf check skips all of them) and checkpoints see a single optimizer:
-    param_groups and state_dict are theirs in order, with parameter ids numbered on across them."""
-
-    def __init__(self, *optimizers):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self):  # a property: load_state_dict replaces each optimizer's group dicts
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    def step(self):
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none=True):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        state, groups, offset = {}, [], 0
-        for opt in self.optimizers:
-            saved = opt.state_dict()
-            state.update({i + offset: s for i, s in saved["state"].items()})
-            groups += [{**g, "params": [i + offset for i in g["params"]]} for g in saved["param_groups"]]
-            offset += sum(len(g["params"]) for g in saved["param_groups"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict):
-        if len(state_dict["param_groups"]) != len(self.param_groups):
-            raise ValueError(f"the saved optimizer has {len(state_dict['param_groups'])} parameter groups, "
-                             f"this one {len(self.param_groups)}")
-        groups = iter(state_dict["param_groups"])
-        for opt in self.optimizers:
-            # torch maps saved ids to parameters by their order in the groups, so the offsets may stay
-            mine = [next(groups) for _ in opt.param_groups]
-            ids = {i for g in mine for i in g["params"]}
-            opt.load_state_dict({"state": {i: s for i, s in state_dict["state"].items() if i in ids},
-                                 "param_groups": mine})
-
-
-# Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' data sheets.
-# Matched in order against the device name, so the more specific names come first.
-GPU_PEAK_FLOPS = [
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM; reports itself as "NVIDIA H100 80GB HBM3"
-    ("H200", 989e12),  # GH200 too
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A10G", None),  # AWS's A10 variant: no published figure, so no guess
-    ("A10", 125e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("RTX A6000", 155e12),
-    ("MI300X", 1307e12),
-]
-
-
-def pick_device(local_rank=0):
-    if torch.cuda.is_available():
-        return f"cuda:{local_rank}"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def check_device(device, dtype="auto"):
-    """Refuse, with the reason and the fix, a device that this machine or this torch build lacks,
-    or an unknown dtype, rather than fail later deep inside torch. "auto" passes."""
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: use auto, {', '.join(DTYPES)}")
-    if device == "auto":
-        return
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device={device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
-        raise ValueError(f"device={device} but {why}: use --device=cpu, or leave device=auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device={device} but there are {torch.cuda.device_count()} GPUs: "
-                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device=mps but Metal (MPS) is not available here: use --device=cpu, or leave device=auto")
-
-
-def resolve_device(device, dtype, local_rank=0):
-    """The device and dtype to run on, "auto" settled: a GPU if there is one, under torchrun the
-    process's own (cuda:LOCAL_RANK, which plain "cuda" also means, as in nanoGPT), and its best
-    dtype. ValueError, as check_device's, for what this machine lacks."""
-    check_device(device, dtype)
-    if device == "auto":
-        device = pick_device(local_rank)
-    elif device == "cuda":
-        device = f"cuda:{local_rank}"
-    return device, pick_dtype(device) if dtype == "auto" else dtype
-
-
-def autocast_for(device, dtype):
-    """Mixed precision in dtype on device; float32 runs as it is."""
-    return nullcontext() if dtype == "float32" else torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
-
-
-def pick_dtype(device):
-    """bf16 where the GPU has it natively (compute capability 8+; emulated it is slower than
-    fp16), fp16 (with loss scaling) on older GPUs, fp32 elsewhere."""
-    if torch.device(device).type == "cuda":
-        return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
-    return "float32"
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def gpu_peak_flops(device_name):
-    """The bf16 peak of a GPU named like torch.cuda.get_device_name(), or None if unknown."""
-    for key, peak in GPU_PEAK_FLOPS:
-        if key in device_name:
-            return peak
-    return None

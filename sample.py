@@ -20,8 +20,8 @@ import torch
 
 from atomic import write_atomically
 from configurator import configure
+from device import autocast_for, resolve_device
 from generation import beam_search, generate, load_model
-from model import autocast_for, resolve_device
 from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------

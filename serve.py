@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from configurator import configure
+from device import autocast_for, resolve_device
 from engine import Engine, Job
 from generation import load_model
-from model import autocast_for, resolve_device
 from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------

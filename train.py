@@ -35,8 +35,10 @@ from checkpoint import (
 )
 from configurator import configure
 from data import ShardLoader, dataset_dir, read_meta
+from device import DTYPES, autocast_for, gpu_peak_flops, resolve_device
 from hf import from_pretrained
-from model import DTYPES, GPT, GPT2_SWITCHES, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
+from model import GPT, GPT2_SWITCHES, PRESETS, GPTConfig
+from optim import configure_optimizers
 from plot import BackgroundPlot
 from tokenizer import get_tokenizer
 
@@ -261,7 +263,7 @@ if hellaswag_interval:
     hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, get_tokenizer(meta), model.config.block_size)
 
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon)
+optimizer = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, muon)
 for group in optimizer.param_groups:
     group["initial_lr"] = group["lr"]  # each group's peak rate (Muon's is muon_lr), which the schedule scales
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # loss scaling: fp16 only

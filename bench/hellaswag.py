@@ -17,7 +17,8 @@ import time
 import torch
 
 import hellaswag
-from model import DTYPES, GPT, GPTConfig, autocast_for, resolve_device
+from device import DTYPES, autocast_for, resolve_device
+from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
 

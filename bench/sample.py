@@ -14,8 +14,9 @@ import time
 
 import torch
 
+from device import pick_device
 from generation import generate
-from model import GPT, GPTConfig, pick_device
+from model import GPT, GPTConfig
 
 SHAPES = {
     "shakespeare-char": GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384),

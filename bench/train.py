@@ -35,7 +35,9 @@ import torch
 from atomic import write_atomically
 from configurator import configure
 from data import dataset_dir, read_meta
-from model import GPT, PRESETS, GPTConfig, autocast_for, gpu_peak_flops, resolve_device
+from device import autocast_for, gpu_peak_flops, resolve_device
+from model import GPT, PRESETS, GPTConfig
+from optim import configure_optimizers
 
 # -----------------------------------------------------------------------------
 dataset = ""  # as in train.py: the vocabulary size is its meta.json's, if it has one
@@ -143,7 +145,7 @@ def build(mode):
     raw_model = GPT(model_config).to(device)
     raw_model.activation_checkpointing = activation_checkpointing
     model = torch.compile(raw_model) if mode == "compile" else raw_model
-    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon)
+    optimizer = configure_optimizers(raw_model, weight_decay, learning_rate, (beta1, beta2), device_type, muon)
     return raw_model, model, optimizer, torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 
 
