@@ -14,13 +14,16 @@ torch.load(weights_only=True) and nothing is ever unpickled:
     loader       the train loader's position;  log_offset: bytes of log.jsonl written so far
 """
 
+import glob
 import os
 import shutil
 
 import torch
 
 from atomic import write_atomically
+from hf import from_pretrained
 from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 
 def save_checkpoint(ckpt, path):
@@ -44,3 +47,25 @@ def model_from_checkpoint(ckpt):
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
+    """What sample.py and serve.py generate with: the model, the tokenizer of the data it was trained
+    on, and the checkpoint's iter_num and best_val_loss (None for GPT-2 weights). init_from is 'resume'
+    (out_dir/checkpoint), a GPT-2 preset or a local HF directory. Errors are OSError or ValueError."""
+    if init_from == "resume":
+        path = os.path.join(out_dir, checkpoint)
+        if not os.path.isfile(path):
+            runs = sorted(os.path.dirname(p) for p in glob.glob(f"*/{checkpoint}"))
+            raise FileNotFoundError(f"no checkpoint at {path}: train one first, or point --out_dir at a run"
+                                    + (f" (runs here: {', '.join(runs)})" if runs else ""))
+        ckpt = load_checkpoint(path)
+        model, tokenizer = model_from_checkpoint(ckpt), get_tokenizer(ckpt["meta"])
+        trained = {"iter_num": ckpt["iter_num"], "best_val_loss": float(ckpt["best_val_loss"])}
+    else:
+        model, tokenizer = from_pretrained(init_from), get_tokenizer({"tokenizer": "gpt2"})
+        trained = {"iter_num": None, "best_val_loss": None}
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise ValueError("the model's weights contain NaN or inf: this checkpoint is broken; "
+                         "try --checkpoint=best.pt or an earlier run")
+    return model, tokenizer, trained

@@ -1,6 +1,7 @@
 """
-From tokens on disk to training batches: the shard format, the dataset's metadata file,
-and the loader that train.py draws batches from.
+From tokens on disk to training batches: the shard format, the dataset's metadata files
+(meta.json, and the n-gram baselines that ngram.py records), and the loader that train.py
+draws batches from.
 
 A shard is the file format of llm.c and modded-nanogpt, so shards move between the projects
 either way: a header of 256 little-endian int32 (header[0] = 20240520, header[1] = 1 for
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomic import write_atomically
+from atomic import write_atomically, write_json
 
 MAGIC = 20240520
 VERSION = 1
@@ -25,6 +26,7 @@ TOKEN_DTYPE = np.dtype("<u2")
 MAX_VOCAB = 2**16  # uint16 holds the token ids 0..65535
 
 META_FILE = "meta.json"
+BASELINES_FILE = "baselines.json"  # beside meta.json: {"order": val loss, ...} of n-gram models
 
 
 # -----------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def read_shard(path):
 
 
 # -----------------------------------------------------------------------------
-# metadata: which tokenizer made a dataset, and how many tokens it has
+# metadata: which tokenizer made a dataset, how many tokens it has, how well count models do
 
 def dataset_dir(dataset):
     """A dataset named in a config: a directory path, or a name under data/."""
@@ -132,6 +134,23 @@ def read_meta(data_dir):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_baselines(data_dir):
+    """{order: val loss} of the n-gram models that ngram.py fitted on a dataset; {} where there are none."""
+    path = os.path.join(data_dir, BASELINES_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return {int(k): float(v) for k, v in json.load(f).items()}
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ValueError(f"{path}: not a JSON object of order: val loss ({e})") from None
+
+
+def record_baseline(data_dir, order, val_loss):
+    baselines = {**read_baselines(data_dir), order: val_loss}
+    write_json(os.path.join(data_dir, BASELINES_FILE), {str(k): baselines[k] for k in sorted(baselines)})
 
 
 # -----------------------------------------------------------------------------

@@ -1,18 +1,11 @@
 """
 Text generation from a GPT: a KV cache, sampling (temperature, top-k, top-p), and beam search.
 sample.py, serve.py (through engine.py) and the benchmarks drive it; the model itself only
-knows how to extend its caches. load_model gives them a model and its tokenizer.
+knows how to extend its caches. checkpoint.load_model gives them a model and its tokenizer.
 """
-
-import glob
-import os
 
 import torch
 import torch.nn.functional as F
-
-from checkpoint import load_checkpoint, model_from_checkpoint
-from hf import from_pretrained
-from tokenizer import get_tokenizer
 
 
 class KVCache:
@@ -169,25 +162,3 @@ def sample_token(logits, temperature, top_k, top_p, generator):
         sorted_probs[mass_before >= top_p] = 0.0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
-    """What sample.py and serve.py generate with: the model, the tokenizer of the data it was trained
-    on, and the checkpoint's iter_num and best_val_loss (None for GPT-2 weights). init_from is 'resume'
-    (out_dir/checkpoint), a GPT-2 preset or a local HF directory. Errors are OSError or ValueError."""
-    if init_from == "resume":
-        path = os.path.join(out_dir, checkpoint)
-        if not os.path.isfile(path):
-            runs = sorted(os.path.dirname(p) for p in glob.glob(f"*/{checkpoint}"))
-            raise FileNotFoundError(f"no checkpoint at {path}: train one first, or point --out_dir at a run"
-                                    + (f" (runs here: {', '.join(runs)})" if runs else ""))
-        ckpt = load_checkpoint(path)
-        model, tokenizer = model_from_checkpoint(ckpt), get_tokenizer(ckpt["meta"])
-        trained = {"iter_num": ckpt["iter_num"], "best_val_loss": float(ckpt["best_val_loss"])}
-    else:
-        model, tokenizer = from_pretrained(init_from), get_tokenizer({"tokenizer": "gpt2"})
-        trained = {"iter_num": None, "best_val_loss": None}
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise ValueError("the model's weights contain NaN or inf: this checkpoint is broken; "
-                         "try --checkpoint=best.pt or an earlier run")
-    return model, tokenizer, trained

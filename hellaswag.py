@@ -32,9 +32,9 @@ import torch
 import torch.distributed as dist
 
 from atomic import write_atomically
+from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
-from generation import load_model
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 DEFAULT_FILE = os.path.join("data", "hellaswag", "hellaswag_val.jsonl")

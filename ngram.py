@@ -36,9 +36,7 @@ is sorting those keys with numpy; the peak memory is about 20 bytes per train to
 model and 30 for a trigram (100M GPT-2 tokens: 1.9 and 2.9 GB).
 """
 
-import json
 import math
-import os
 import sys
 import time
 
@@ -46,7 +44,7 @@ import numpy as np
 
 from atomic import write_json
 from configurator import configure
-from data import dataset_dir, find_shards, read_meta, read_shard
+from data import dataset_dir, find_shards, read_meta, read_shard, record_baseline
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -61,7 +59,6 @@ seed = 1337
 defaults = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 
-BASELINES_FILE = "baselines.json"  # beside the dataset's meta.json: {"order": val loss, ...}
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's, where a count of counts is too small to estimate them
 CHUNK = 1 << 22  # large arrays are searched a chunk at a time, which bounds the temporary memory
 
@@ -219,23 +216,6 @@ class KneserNey:
 def read_split(data_dir, split):
     shards = [read_shard(p) for p in find_shards(data_dir, split)]
     return shards[0] if len(shards) == 1 else np.concatenate(shards)  # one shard stays a memory map
-
-
-def read_baselines(data_dir):
-    """{order: val loss} recorded for a dataset; {} where there are none."""
-    path = os.path.join(data_dir, BASELINES_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            return {int(k): float(v) for k, v in json.load(f).items()}
-    except (ValueError, AttributeError, TypeError) as e:
-        raise ValueError(f"{path}: not a JSON object of order: val loss ({e})") from None
-
-
-def record_baseline(data_dir, order, val_loss):
-    baselines = {**read_baselines(data_dir), order: val_loss}
-    write_json(os.path.join(data_dir, BASELINES_FILE), {str(k): baselines[k] for k in sorted(baselines)})
 
 
 def sample(model, tokenizer, prompt, rng):

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from atomic import write_atomically
+from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
-from generation import beam_search, generate, load_model
+from generation import beam_search, generate
 from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------

@@ -27,10 +27,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from engine import Engine, Job
-from generation import load_model
 from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def test_script_reports_records_and_samples(char_data, tmp_path):
     assert all(len(t) == len("ROMEO:") + 40 for t in text) and text[0] != text[1]
     # beside the dataset, merged with what is there
     run(f"--dataset={char_data}", "--order=1")
-    assert ngram.read_baselines(char_data) == {1: pytest.approx(3.3473, abs=1e-4), 3: report["val_loss"]}
+    assert data.read_baselines(char_data) == {1: pytest.approx(3.3473, abs=1e-4), 3: report["val_loss"]}
     assert not list(char_data.glob("*.tmp"))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ngram
+import data
 import plot
 import prepare_shakespeare
 
@@ -63,8 +63,8 @@ def two_runs(tmp_path):
     """A finished run with HellaSwag evals, and a run resumed at iter 20 that redid iters 20..24."""
     dataset = tmp_path / "data"
     dataset.mkdir()
-    ngram.record_baseline(dataset, 3, 2.04)
-    ngram.record_baseline(dataset, 5, 1.56)
+    data.record_baseline(dataset, 3, 2.04)
+    data.record_baseline(dataset, 5, 1.56)
     a, b = tmp_path / "out-a", tmp_path / "out-b"
     write_log(a, [{"iter": 0, "dataset": str(dataset)}, {"iter": 0, "val_loss": 4.2}, *steps(0, 40, 512),
                   {"iter": 20, "val_loss": 2.5}, {"iter": 20, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26},
@@ -174,7 +174,7 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_emb
 def char_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("shakespeare_char")
     prepare_shakespeare.main(["--out_dir", str(out)])
-    ngram.record_baseline(out, 2, 2.48)
+    data.record_baseline(out, 2, 2.48)
     return out
 
 

@@ -17,8 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import serve
-from checkpoint import save_checkpoint
-from generation import load_model
+from checkpoint import load_model, save_checkpoint
 from hf import save_pretrained
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
