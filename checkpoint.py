@@ -1,5 +1,7 @@
 """
-The checkpoint format, written by train.py and read by train.py (resume), sample.py, serve.py and export.py.
+The checkpoint format, written by train.py and read by train.py (resume), sample.py, serve.py,
+export.py and hellaswag.py; and load_model, which gives those scripts a model and its tokenizer
+from a checkpoint or from GPT-2's weights.
 
 A checkpoint is one torch.save'd dict of tensors and plain values, so that it loads with
 torch.load(weights_only=True) and nothing is ever unpickled:
@@ -43,10 +45,48 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not a readable checkpoint (truncated or not ours?): {e}") from None
 
 
-def model_from_checkpoint(ckpt):
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+def model_from_checkpoint(ckpt, dropout=None):
+    """The checkpoint's GPT, with its weights; dropout, if given, replaces the saved run's."""
+    args = ckpt["model_args"] if dropout is None else {**ckpt["model_args"], "dropout": dropout}
+    model = GPT(GPTConfig(**args))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def rng_state(device_type):
+    """This process's random generators, one entry of a checkpoint's per-rank rng list."""
+    state = {"cpu": torch.get_rng_state()}
+    if device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def training_checkpoint(model, optimizer, scaler, loader, rngs, **fields):
+    """A training run's checkpoint: the bare model and its config, the optimizer, the loss scaler,
+    the train loader's position, every rank's rng_state, and fields (iter_num, best_val_loss,
+    config, meta, log_offset)."""
+    return dict(model=model.state_dict(), model_args=vars(model.config), optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict(), loader=loader.state_dict(), rng=rngs, **fields)
+
+
+def restore_training(ckpt, optimizer, scaler, loader, rank, world_size, device_type):
+    """Put a resumed run where its checkpoint left off, so that it goes on bit for bit as if it had
+    never stopped; returns (iter_num, best_val_loss). The model comes from model_from_checkpoint."""
+    # The checkpoint gives the moments and step counts; betas, weight decay and the fused kernel are
+    # this run's (load_state_dict would otherwise bring back the saved run's settings over them).
+    saved = ckpt["optimizer"]
+    groups = [{**old, **{k: v for k, v in new.items() if k != "params"}}
+              for old, new in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+    if ckpt["scaler"]:  # empty when the run did not scale (bf16/fp32): then nothing to restore
+        scaler.load_state_dict(ckpt["scaler"])
+    loader.load_state_dict(ckpt["loader"])
+    # each rank takes up its own dropout stream; with another number of ranks, they keep the fresh seeds
+    if len(ckpt["rng"]) == world_size:
+        torch.set_rng_state(ckpt["rng"][rank]["cpu"])
+        if device_type == "cuda" and "cuda" in ckpt["rng"][rank]:
+            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
+    return ckpt["iter_num"], ckpt["best_val_loss"]
 
 
 def load_model(init_from, out_dir, checkpoint="ckpt.pt"):

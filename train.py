@@ -27,11 +27,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
+from atomic import write_atomically
 from checkpoint import (
     copy_checkpoint,
     load_checkpoint,
+    model_from_checkpoint,
+    restore_training,
+    rng_state,
     save_checkpoint,
-    write_atomically,
+    training_checkpoint,
 )
 from configurator import configure
 from data import ShardLoader, dataset_dir, read_meta
@@ -146,10 +150,9 @@ if config["init_from"] == "resume":
     saved = {k: v for k, v in ckpt["config"].items() if k in defaults}
     resume_changes = {k: (saved.get(k), v) for k, v in overrides.items() if k != "init_from" and saved.get(k) != v}
     config = {**defaults, **saved, **overrides, "init_from": "resume"}
-globals().update(config)
 
 
-def check_config():
+def check_config(config):
     """Values that would otherwise fail deep inside torch, or quietly train nonsense."""
     at_least = dict(eval_interval=1, log_interval=1, eval_iters=1, batch_size=1, block_size=1, n_layer=1, n_head=1,
                     n_embd=1, gradient_accumulation_steps=1, max_iters=0, warmup_iters=0, lr_decay_iters=0,
@@ -157,28 +160,33 @@ def check_config():
     for key, low in at_least.items():
         if not isinstance(config[key], int) or config[key] < low:
             fail(f"{key}={config[key]!r}: it must be a whole number, at least {low}")
-    if learning_rate is None or learning_rate <= 0:  # the schedule scales every group's rate by lr / learning_rate
-        fail(f"learning_rate={learning_rate!r}: it must be a positive number")
+    # the schedule scales every group's rate by lr / learning_rate
+    if config["learning_rate"] is None or config["learning_rate"] <= 0:
+        fail(f"learning_rate={config['learning_rate']!r}: it must be a positive number")
     for key in ("min_lr", "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "muon_weight_decay"):
         if config[key] is None or config[key] < 0:
             fail(f"{key}={config[key]!r}: it must be a number, 0 or more")
     for key in ("dropout", "beta1", "beta2"):
         if config[key] is None or not 0 <= config[key] < 1:
             fail(f"{key}={config[key]!r}: it must lie in [0, 1)")
-    if n_embd % n_head:
-        fail(f"n_embd={n_embd} is not divisible by n_head={n_head}: each head takes n_embd / n_head channels")
-    if total_batch_size is not None and (not isinstance(total_batch_size, int) or total_batch_size < 1):
-        fail(f"total_batch_size={total_batch_size!r}: give a number of tokens, or None")
+    if config["n_embd"] % config["n_head"]:
+        fail(f"n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}: each head takes "
+             "n_embd / n_head channels")
+    total = config["total_batch_size"]
+    if total is not None and (not isinstance(total, int) or total < 1):
+        fail(f"total_batch_size={total!r}: give a number of tokens, or None")
     choices = dict(dtype=("auto", *DTYPES), backend=("auto", "nccl", "gloo"), compile=(None, True, False),
                    optimizer=("adamw", "muon"))
     for key, allowed in choices.items():
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
-    if init_from not in ("scratch", "resume", *PRESETS) and not os.path.isdir(init_from):
-        fail(f"init_from={init_from!r}: use scratch, resume, {', '.join(PRESETS)} or a local Hugging Face directory")
+    init = config["init_from"]
+    if init not in ("scratch", "resume", *PRESETS) and not os.path.isdir(init):
+        fail(f"init_from={init!r}: use scratch, resume, {', '.join(PRESETS)} or a local Hugging Face directory")
 
 
-check_config()
+check_config(config)
+globals().update(config)  # from here on every setting is read by its name, as nanoGPT's are
 
 # -----------------------------------------------------------------------------
 # processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, on every node
@@ -186,14 +194,14 @@ ddp = "RANK" in os.environ
 rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
                                 if ddp else (0, 0, 1))
 master = rank == 0
-device, dtype = or_fail(resolve_device, device, dtype, local_rank)
-device_type = device.split(":")[0]
-if ddp and device_type == "cuda" and torch.device(device).index != local_rank:
-    fail(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
-if compile is None:
-    compile = device_type == "cuda"
+# the device and dtype this run uses: the settings' "auto" settled for this machine and process
+run_device, run_dtype = or_fail(resolve_device, device, dtype, local_rank)
+device_type = run_device.split(":")[0]
+if ddp and device_type == "cuda" and torch.device(run_device).index != local_rank:
+    fail(f"device={run_device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
+use_compile = device_type == "cuda" if compile is None else compile
 if device_type == "cuda":
-    torch.cuda.set_device(device)
+    torch.cuda.set_device(run_device)
     torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
 if deterministic:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed-order reductions; before its first use
@@ -201,29 +209,29 @@ if deterministic:
 if ddp:
     dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if backend == "auto" else backend)
 
+micro_steps = gradient_accumulation_steps  # per optimizer step, over all ranks together
 if total_batch_size is not None:
     micro_tokens = batch_size * block_size * world_size
     if total_batch_size % micro_tokens:
         fail(f"total_batch_size={total_batch_size} is not a multiple of batch_size * block_size * world_size "
              f"= {micro_tokens}: use --total_batch_size={max(1, round(total_batch_size / micro_tokens)) * micro_tokens}"
              f", or another batch_size")
-    gradient_accumulation_steps = total_batch_size // (batch_size * block_size)
-if gradient_accumulation_steps % world_size:
-    fits = -(-gradient_accumulation_steps // world_size) * world_size  # the next multiple of world_size
-    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} does not divide among {world_size} processes: "
-         f"use --gradient_accumulation_steps={fits}, or a number of processes that divides "
-         f"{gradient_accumulation_steps}")
-accum_steps = gradient_accumulation_steps // world_size
-tokens_per_iter = accum_steps * world_size * batch_size * block_size
+    micro_steps = total_batch_size // (batch_size * block_size)
+if micro_steps % world_size:
+    fits = -(-micro_steps // world_size) * world_size  # the next multiple of world_size
+    fail(f"gradient_accumulation_steps={micro_steps} does not divide among {world_size} processes: "
+         f"use --gradient_accumulation_steps={fits}, or a number of processes that divides {micro_steps}")
+accum_steps = micro_steps // world_size  # this rank's
+tokens_per_iter = micro_steps * batch_size * block_size
 
-autocast = autocast_for(device, dtype)
+autocast = autocast_for(run_device, run_dtype)
 
 # -----------------------------------------------------------------------------
 # data
 data_dir = dataset_dir(dataset)
 meta = or_fail(read_meta, data_dir)
 loader_args = dict(batch_size=batch_size, block_size=block_size, rank=rank, world_size=world_size, seed=seed,
-                   device=device)
+                   device=run_device)
 train_loader = or_fail(ShardLoader, data_dir, "train", **loader_args)
 val_loader = or_fail(ShardLoader, data_dir, "val", **loader_args)
 
@@ -232,21 +240,17 @@ val_loader = or_fail(ShardLoader, data_dir, "val", **loader_args)
 torch.manual_seed(seed)  # the same initial weights on every rank
 if init_from == "scratch":
     vocab_size = meta["vocab_size"] if meta else 50304  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
-    model_args = {f.name: globals()[f.name] for f in fields(GPTConfig)}  # this config's values of its keys
-    model = GPT(or_fail(GPTConfig, **model_args))
+    model = GPT(or_fail(GPTConfig, **{f.name: globals()[f.name] for f in fields(GPTConfig)}))
 elif init_from == "resume":
-    model_args = {**ckpt["model_args"], "dropout": dropout}  # dropout may change, the shape may not
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(ckpt["model"])
+    model = model_from_checkpoint(ckpt, dropout=dropout)  # dropout may change, the shape may not
 else:
-    switches = [f"{k}={config[k]!r}" for k in GPT2_SWITCHES if config[k] != defaults[k]]
+    switches = GPTConfig(**{k: globals()[k] for k in GPT2_SWITCHES}).modern_switches()
     if switches:
-        fail(f"init_from={init_from} loads GPT-2's architecture, which has no {', '.join(switches)}: "
-             "train from scratch to use them")
+        fail(f"init_from={init_from} loads GPT-2's architecture, which has no "
+             f"{', '.join(f'{k}={v!r}' for k, v in switches.items())}: train from scratch to use them")
     if meta and meta["tokenizer"] != "gpt2":
         fail(f"init_from={init_from} needs a GPT-2 BPE dataset, but {data_dir} is tokenized as {meta['tokenizer']}")
     model = or_fail(from_pretrained, init_from, dropout=dropout, block_size=block_size)
-    model_args = vars(model.config).copy()
 if meta and meta["vocab_size"] > model.config.vocab_size:
     fail(f"{data_dir} has {meta['vocab_size']} token ids but the model only {model.config.vocab_size}")
 # Checked once here, not found as an IndexError deep in the embedding: shards of another tokenizer,
@@ -257,37 +261,22 @@ for loader in (train_loader, val_loader):
         fail(f"{data_dir} holds token id {top} but the model's vocabulary has ids 0..{model.config.vocab_size - 1}: "
              f"the data was made with another tokenizer than the model's; prepare it again, or use another dataset")
 model.activation_checkpointing = activation_checkpointing
-model.to(device)
+model.to(run_device)
 raw_model = model  # the bare GPT: what checkpoints hold, never a compiled or DDP wrapper
 if hellaswag_interval:
     hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, get_tokenizer(meta), model.config.block_size)
 
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None
-optimizer = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, muon)
-for group in optimizer.param_groups:
+opt = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, muon)
+for group in opt.param_groups:
     group["initial_lr"] = group["lr"]  # each group's peak rate (Muon's is muon_lr), which the schedule scales
-scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # loss scaling: fp16 only
+scaler = torch.amp.GradScaler(device_type, enabled=run_dtype == "float16")  # loss scaling: fp16 only
 iter_num, best_val_loss = 0, float("inf")
-if ckpt is not None:
-    # The checkpoint gives the moments and step counts; betas, weight decay and the fused kernel are
-    # this run's (load_state_dict would otherwise bring back the saved run's settings over them).
-    saved = ckpt["optimizer"]
-    groups = [{**old, **{k: v for k, v in new.items() if k != "params"}}
-              for old, new in zip(saved["param_groups"], optimizer.param_groups)]
-    optimizer.load_state_dict({**saved, "param_groups": groups})
-    if ckpt["scaler"]:  # empty when the run did not scale (bf16/fp32): then nothing to restore
-        scaler.load_state_dict(ckpt["scaler"])
-    iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-    train_loader.load_state_dict(ckpt["loader"])
-# each rank its own dropout stream; a resumed run takes up exactly where its ranks left off
-if ckpt is not None and len(ckpt["rng"]) == world_size:
-    torch.set_rng_state(ckpt["rng"][rank]["cpu"])
-    if device_type == "cuda" and "cuda" in ckpt["rng"][rank]:
-        torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
-else:
-    torch.manual_seed(seed + 1 + rank)
+torch.manual_seed(seed + 1 + rank)  # each rank its own dropout stream
+if ckpt is not None:  # where the saved run left off: the optimizer, the scaler, the loader and each rank's RNG
+    iter_num, best_val_loss = restore_training(ckpt, opt, scaler, train_loader, rank, world_size, device_type)
 
-if compile:
+if use_compile:
     try:
         model = torch.compile(model)
         # a missing compiler or Triton only shows at the first call: then warn and run that code eager
@@ -298,7 +287,7 @@ eval_model = model  # evaluation needs no DDP: ranks may run different numbers o
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
-peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+peak_flops = gpu_peak_flops(torch.cuda.get_device_name(run_device)) if device_type == "cuda" else None
 
 
 def get_lr(it):
@@ -316,7 +305,7 @@ def evaluate():
     number of ranks: rank r takes batches r, r + world_size, ... of them."""
     model.eval()
     val_loader.reset()
-    total = torch.zeros((), device=device)
+    total = torch.zeros((), device=run_device)
     for _ in range(rank, eval_iters, world_size):
         x, y = val_loader.next_batch()
         with autocast:
@@ -352,9 +341,9 @@ if master:
         except ImportError:
             fail("wandb_log=True needs Weights & Biases: pip install wandb")
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-    print(f"{raw_model.num_params() / 1e6:.2f}M parameters | device {device}, {dtype}, {world_size} process(es) | "
-          f"{tokens_per_iter:,} tokens per iteration = {world_size} x {accum_steps} micro-steps x "
-          f"{batch_size} x {block_size}")
+    print(f"{raw_model.num_params() / 1e6:.2f}M parameters | device {run_device}, {run_dtype}, "
+          f"{world_size} process(es) | {tokens_per_iter:,} tokens per iteration = {world_size} x {accum_steps} "
+          f"micro-steps x {batch_size} x {block_size}")
     if ckpt is not None:
         print(f"resuming {out_dir} at iter {iter_num}" +
               "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
@@ -371,22 +360,18 @@ def log(record):
 
 def save(best):
     """Every rank calls this (the RNG states are gathered); rank 0 writes ckpt.pt, and best.pt if best."""
-    rng = {"cpu": torch.get_rng_state()}
-    if device_type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state()
     rngs = [None] * world_size
     if ddp:
-        dist.all_gather_object(rngs, rng)
+        dist.all_gather_object(rngs, rng_state(device_type))
     else:
-        rngs[0] = rng
+        rngs[0] = rng_state(device_type)
     if not master:
         return
     path = os.path.join(out_dir, "ckpt.pt")
     try:
-        save_checkpoint(dict(model=raw_model.state_dict(), model_args=model_args, optimizer=optimizer.state_dict(),
-                             scaler=scaler.state_dict(), iter_num=iter_num, best_val_loss=best_val_loss,
-                             config=config, meta=meta, rng=rngs, loader=train_loader.state_dict(),
-                             log_offset=log_file.tell()), path)
+        save_checkpoint(training_checkpoint(raw_model, opt, scaler, train_loader, rngs, iter_num=iter_num,
+                                            best_val_loss=best_val_loss, config=config, meta=meta,
+                                            log_offset=log_file.tell()), path)
         if best:
             copy_checkpoint(path, os.path.join(out_dir, "best.pt"))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write (full disk, quota) as a RuntimeError
@@ -419,8 +404,8 @@ while True:
     if hellaswag_interval and (eval_only or iter_num != resumed_at and (iter_num % hellaswag_interval == 0
                                                                         or iter_num == max_iters)):
         # the bare model, in graphs of its own; batch_size rows (4 an example), no more than a micro-step
-        n, acc, acc_norm = hellaswag.evaluate(raw_model, hellaswag_examples, max(1, batch_size // 4), device,
-                                              autocast, compile)
+        n, acc, acc_norm = hellaswag.evaluate(raw_model, hellaswag_examples, max(1, batch_size // 4), run_device,
+                                              autocast, use_compile)
         log({"iter": iter_num, "hellaswag_acc": acc, "hellaswag_acc_norm": acc_norm})
         if master:
             print(f"iter {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n} examples)")
@@ -443,10 +428,10 @@ while True:
         break
 
     lr = get_lr(iter_num) if decay_lr else learning_rate
-    for group in optimizer.param_groups:
+    for group in opt.param_groups:
         group["lr"] = group["initial_lr"] * lr / learning_rate
     t0 = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=run_device)
     for micro_step in range(accum_steps):
         x, y = train_loader.next_batch()
         # DDP all-reduces gradients in backward; only the last micro-step needs it
@@ -458,13 +443,13 @@ while True:
             scaler.scale(loss / accum_steps).backward()
     grad_norm = None
     if grad_clip > 0:
-        scaler.unscale_(optimizer)
+        scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    scaler.step(opt)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
     # one small all-reduce a step: the mean loss over micro-steps and ranks, and whether any rank must stop
-    stats = torch.stack([loss_sum / accum_steps, torch.tensor(float(stop_signal is not None), device=device)])
+    stats = torch.stack([loss_sum / accum_steps, torch.tensor(float(stop_signal is not None), device=run_device)])
     if ddp:
         dist.all_reduce(stats)
     train_loss, stop = stats[0].item() / world_size, stats[1].item() > 0
