@@ -9,7 +9,8 @@ Training throughput of a model shape: forward+backward alone, and the full optim
   python -m bench.train --preset=gpt2-large --activation_checkpointing=True --max_batch=True   # CUDA
   python -m bench.train --modes=compile --profile=prof        # torch.profiler: top ops, and traces
 
-Reads train.py's config files (keys it has no use for are skipped) and takes --key=value
+Its model, batch, optimizer and device settings are train.py's, with train.py's defaults; it
+reads train.py's config files (keys that do not change a step are skipped) and takes --key=value
 flags. Warm-up steps are not timed, the device is synchronised before each clock read, and
 each figure is the median over repeats, with the fastest and slowest beside it.
 
@@ -33,43 +34,15 @@ from pathlib import Path
 import torch
 
 from atomic import write_atomically
-from configurator import configure
+from configurator import configure, script_defaults
 from data import dataset_dir, read_meta
 from device import autocast_for, gpu_peak_flops, resolve_device
 from model import GPT, PRESETS, GPTConfig
 from optim import configure_optimizers
 
 # -----------------------------------------------------------------------------
-dataset = ""  # as in train.py: the vocabulary size is its meta.json's, if it has one
-vocab_size = None  # or set directly; else 50304 (GPT-2's, padded)
-batch_size = 12
-block_size = 1024
+vocab_size = None  # None: the dataset's (its meta.json's), else 50304, GPT-2's padded, as train.py takes it
 preset = ""  # a GPT-2 size, gpt2 ... gpt2-xl, in place of n_layer, n_head and n_embd
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0
-bias = True
-activation_checkpointing = False
-# train.py's switches beyond GPT-2
-rope = False
-norm = "layernorm"
-qk_norm = False
-mlp_act = "gelu"
-tie_embeddings = True
-zero_init_proj = False
-logit_softcap = 0.0
-optimizer = "adamw"  # or "muon"
-muon_lr = 0.02
-muon_momentum = 0.95
-muon_weight_decay = 0.0
-learning_rate = 6e-4
-weight_decay = 1e-1
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0
-device = "auto"
-dtype = "auto"
 modes = "eager,compile"  # comma-separated: eager, compile
 warmup = 5  # untimed steps first (compilation happens here)
 steps = 20  # timed steps per repeat
@@ -77,8 +50,15 @@ repeats = 3
 max_batch = False  # CUDA: bench the largest batch_size that fits instead of batch_size
 profile = ""  # a directory: profile each mode's optimizer steps, write its traces here
 out_file = "bench.json"
-seed = 1337
 # -----------------------------------------------------------------------------
+# What a training step depends on is train.py's to say: its settings for the data, the batch, the
+# model, the optimizer and the device, with its defaults. Its other keys (evaluation, logging) do
+# not change a step; config files may set them, flags may not.
+TRAIN_KEYS = ("dataset", "batch_size", "block_size", *(f.name for f in fields(GPTConfig) if f.name != "vocab_size"),
+              "activation_checkpointing", "optimizer", "muon_lr", "muon_momentum", "muon_weight_decay",
+              "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "device", "dtype", "seed")
+train_defaults = script_defaults(Path(__file__).resolve().parents[1] / "train.py")
+globals().update({key: train_defaults[key] for key in TRAIN_KEYS})
 defaults = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 config, _ = configure(defaults, sys.argv[1:], usage=__doc__, files_may_set_others=True)
