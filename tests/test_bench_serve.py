@@ -1,20 +1,14 @@
 """bench/serve.py end to end on a tiny model: it starts serve.py, streams, and reports every count."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 from bench.serve import PROMPT
-from checkpoint import save_checkpoint
+from conftest import run, save_run
 from model import GPT, GPTConfig
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def bench(*args):
-    return subprocess.run([sys.executable, "-m", "bench.serve", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return run("-m bench.serve", *args, check=False, timeout=300)
 
 
 def test_reports_each_number_of_streams():
@@ -37,9 +31,7 @@ def test_serves_a_trained_run(tmp_path):
     model = GPT(GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=2, n_embd=16, rope=True, norm="rmsnorm"))
     chars = sorted(set(PROMPT) | set("abcdefghijklmnopqrstuvwxyz"))
     chars += [chr(0x100 + i) for i in range(65 - len(chars))]
-    save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "iter_num": 1,
-                     "best_val_loss": 4.0, "meta": {"tokenizer": "char", "vocab_size": 65, "chars": chars}},
-                    str(tmp_path / "ckpt.pt"))
+    save_run(tmp_path, model, {"tokenizer": "char", "vocab_size": 65, "chars": chars})
     result = bench(f"--out_dir={tmp_path}", "--streams=2", "--max_tokens=20", "--repeats=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "char (65) tokenizer" in result.stdout  # serve.py's first line: it serves the run, not random GPT-2

@@ -1,17 +1,12 @@
 import gzip
 import json
-import subprocess
-import sys
-from pathlib import Path
 
+from conftest import run
 from model import GPT, GPTConfig
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def bench(*args):
-    return subprocess.run([sys.executable, "-m", "bench.train", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return run("-m bench.train", *args, check=False, timeout=300)
 
 
 def test_reads_a_train_config_and_writes_json(tmp_path):

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from model import GPT, GPTConfig
+from conftest import tiny_model
 
 
 def tiny_checkpoint():
-    args = dict(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8, dropout=0.0, bias=True)
-    return {"model": GPT(GPTConfig(**args)).state_dict(), "model_args": args, "iter_num": 3}
+    model = tiny_model(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    return {"model": model.state_dict(), "model_args": vars(model.config), "iter_num": 3}
 
 
 def test_round_trip(tmp_path):

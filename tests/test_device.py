@@ -1,7 +1,7 @@
 import pytest
 
+from conftest import tiny_model
 from device import gpu_peak_flops
-from model import GPT, GPTConfig
 
 
 def test_mfu_peaks():
@@ -10,6 +10,6 @@ def test_mfu_peaks():
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert gpu_peak_flops("NVIDIA A10G") is None
     assert gpu_peak_flops("NVIDIA L4") == 121e12
-    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    model = tiny_model(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8)
     assert model.estimate_mfu(1e6, gpu_peak_flops("Some Future GPU")) is None
     assert model.estimate_mfu(1e6, 1e15) == pytest.approx(model.flops_per_token() * 1e6 / 1e15)

@@ -7,10 +7,9 @@ import time
 import pytest
 import torch
 
+from conftest import tiny_model
 from engine import Engine, Job, SlotCache
 from generation import KVCache, generate
-from model import GPT, GPTConfig
-
 
 MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0)
 
@@ -19,9 +18,8 @@ MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embe
 def model(request):
     # a RoPE model reads past block_size with a sliding window: generate() slides its cache, the
     # engine keeps a ring of the last block_size keys; both give the same tokens
-    torch.manual_seed(0)
     switches = MODERN if request.param == "modern" else {}
-    return GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, **switches)).eval()
+    return tiny_model(vocab_size=50, **switches).eval()
 
 
 def alone(model, prompt, max_tokens, choice=0, temperature=1.0, top_k=None, top_p=1.0, seed=None, stop_token=None):

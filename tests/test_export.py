@@ -1,39 +1,19 @@
 """export.py end to end: the exported directory used by transformers as it is."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
-from model import GPT, GPTConfig
+from conftest import CHARS, run, save_run, tiny_model
 from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
-REPO = Path(__file__).resolve().parents[1]
-CHARS = sorted(set(Path(REPO / "assets" / "tinyshakespeare.txt").read_text()))
-
-
-def run(script, *args, check=True):
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                            timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def make_run(out_dir, meta, **model_args):
     """A checkpoint as train.py writes it, with random weights: exporting needs no training."""
-    torch.manual_seed(0)
-    args = dict(block_size=64, n_layer=2, n_head=2, n_embd=32, **model_args)
-    model = GPT(GPTConfig(**args))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(dict(model=model.state_dict(), model_args=vars(model.config), iter_num=7, best_val_loss=2.0,
-                         meta=meta, config={}), str(out_dir / "ckpt.pt"))
-    return out_dir
+    return save_run(out_dir, tiny_model(block_size=64, **model_args), meta)
 
 
 def greedy_sample(out_dir, prompt, n):

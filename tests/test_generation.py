@@ -4,13 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_model
 from generation import beam_search, generate, next_logits, sample_token
-from model import GPT, GPTConfig
-
-
-def tiny_model(block_size=16, vocab_size=65, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
 def generated(model, idx, n, **kwargs):
@@ -19,7 +14,7 @@ def generated(model, idx, n, **kwargs):
 
 @pytest.mark.parametrize("prompt_len", [1, 5, 20])  # 20: the prompt alone is longer than block_size 16
 def test_cache_matches_no_cache_past_block_size(prompt_len):
-    model = tiny_model()
+    model = tiny_model().eval()
     assert_cache_matches_no_cache(model, torch.randint(0, 65, (3, prompt_len)))
 
 
@@ -32,7 +27,7 @@ def assert_cache_matches_no_cache(model, idx):
 
 def test_greedy_without_cache_is_argmax_of_the_last_block():
     # the reference: each step feeds the last block_size tokens through the whole model
-    model = tiny_model(block_size=8)
+    model = tiny_model(block_size=8).eval()
     idx = torch.randint(0, 65, (1, 3))
     tokens = generated(model, idx, 12, temperature=0)
     seq = idx
@@ -43,7 +38,7 @@ def test_greedy_without_cache_is_argmax_of_the_last_block():
 
 
 def test_seed_and_batch():
-    model = tiny_model()
+    model = tiny_model().eval()
     idx = torch.randint(0, 65, (1, 4))
     a = generated(model, idx, 20, seed=1)
     assert torch.equal(a, generated(model, idx, 20, seed=1))
@@ -56,7 +51,7 @@ def test_seed_and_batch():
 
 
 def test_vocab_limit_keeps_padding_ids_out():
-    model = tiny_model(vocab_size=100)
+    model = tiny_model(vocab_size=100).eval()
     idx = torch.randint(0, 100, (4, 3))
     assert generated(model, idx, 50, temperature=5.0, seed=0, vocab_limit=10).max() < 10
     assert generated(model, idx, 50, temperature=5.0, seed=0).max() >= 10  # without it they do appear
@@ -81,7 +76,7 @@ def test_top_p_keeps_the_nucleus():
 
 
 def test_stop_token_ends_each_row():
-    model = tiny_model()
+    model = tiny_model().eval()
     with torch.no_grad():  # make token 7 the certain choice after token 3
         model.lm_head.weight[7] += 100 * model.transformer.wte.weight[3]
     idx = torch.tensor([[1, 2, 3], [1, 2, 4]])
@@ -94,7 +89,7 @@ def test_stop_token_ends_each_row():
 
 def test_beam_search_is_exact_when_wide_enough():
     # with vocab**(steps-1) beams nothing is pruned: the best beam is the most likely sequence
-    model = tiny_model(vocab_size=5)
+    model = tiny_model(vocab_size=5).eval()
     idx = torch.tensor([[1, 2]])
     best = max(itertools.product(range(5), repeat=3), key=lambda seq: sequence_logprob(model, idx, seq))
     (score, tokens), *_ = beam_search(model, idx, 3, num_beams=25)
@@ -104,7 +99,7 @@ def test_beam_search_is_exact_when_wide_enough():
 
 
 def test_beam_search_with_cache_past_block_size_and_stop():
-    assert_beams_match_no_cache(tiny_model(block_size=8), torch.randint(0, 65, (1, 5)))
+    assert_beams_match_no_cache(tiny_model(block_size=8).eval(), torch.randint(0, 65, (1, 5)))
 
 
 def assert_beams_match_no_cache(model, idx):
@@ -127,10 +122,8 @@ def sequence_logprob(model, idx, seq):
 MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0)
 
 
-def modern_model(block_size=8, n_layer=3, seed=0):
-    torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=65, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=32, **MODERN)
-    return GPT(config).eval()
+def modern_model():
+    return tiny_model(block_size=8, n_layer=3, **MODERN).eval()
 
 
 @pytest.mark.parametrize("prompt_len", [1, 5, 30])  # 30: past block_size 8, and past the 3 layers' reach of 22

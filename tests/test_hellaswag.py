@@ -2,8 +2,6 @@
 
 import http.server
 import json
-import subprocess
-import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -14,21 +12,19 @@ import torch.nn.functional as F
 
 import hellaswag
 from checkpoint import save_checkpoint
+from conftest import PYTHON, TORCHRUN, run, save_run, tiny_model
 from hf import save_pretrained
-from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLE = FIXTURES / "hellaswag_val_sample.jsonl"  # 40 real validation examples, see fixtures/SOURCES.md
 BLOCK = 80  # shorter than the longest rows of SAMPLE (120 tokens): some contexts are cut
 
 
 def tiny_gpt2(block_size=BLOCK):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50257, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
+    model = tiny_model(vocab_size=50257, block_size=block_size)
     # larger than GPT-2's init, so that the endings' losses differ by more than rounding
     with torch.no_grad():
         for p in model.parameters():
@@ -36,13 +32,8 @@ def tiny_gpt2(block_size=BLOCK):
     return model.eval()
 
 
-def run(*args, command=None, check=True):
-    command = command or [sys.executable, str(REPO / "hellaswag.py")]
-    result = subprocess.run([*command, "--device=cpu", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def hellaswag_py(*args, launcher=PYTHON, check=True):
+    return run("hellaswag.py", "--device=cpu", *args, launcher=launcher, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +102,8 @@ def test_compiled_matches_eager():
 
 def test_two_processes_match_one(hf_dir, tmp_path):
     common = [f"--init_from={hf_dir}", f"--data_file={SAMPLE}", "--limit=15", "--batch_size=4"]
-    one = run(*common, f"--out_file={tmp_path / 'one.json'}")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                str(REPO / "hellaswag.py")]
-    two = run(*common, f"--out_file={tmp_path / 'two.json'}", command=torchrun)
+    one = hellaswag_py(*common, f"--out_file={tmp_path / 'one.json'}")
+    two = hellaswag_py(*common, f"--out_file={tmp_path / 'two.json'}", launcher=TORCHRUN)
     result = json.loads((tmp_path / "one.json").read_text())
     assert result == json.loads((tmp_path / "two.json").read_text())
     assert result["examples"] == 15 and set(result) == {"examples", "acc", "acc_norm"}
@@ -127,8 +116,8 @@ def test_scores_a_training_checkpoint(tmp_path):
     model = tiny_gpt2()
     save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "meta": None,
                      "iter_num": 100, "best_val_loss": 5.0}, str(tmp_path / "best.pt"))
-    result = run("--init_from=resume", f"--out_dir={tmp_path}", "--checkpoint=best.pt", f"--data_file={SAMPLE}",
-                 "--limit=4")
+    result = hellaswag_py("--init_from=resume", f"--out_dir={tmp_path}", "--checkpoint=best.pt",
+                          f"--data_file={SAMPLE}", "--limit=4")
     assert "hellaswag: 4 examples" in result.stdout
 
 
@@ -175,11 +164,8 @@ def test_bad_data_names_file_and_line(tmp_path, text, message):
 
 
 def test_bad_arguments_are_one_clear_line(hf_dir, tmp_path):
-    char_model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=1, n_embd=8))
-    save_checkpoint({"model": char_model.state_dict(), "model_args": vars(char_model.config),
-                     "meta": {"tokenizer": "char", "vocab_size": 65, "chars": [chr(i) for i in range(65)]},
-                     "iter_num": 100, "best_val_loss": 5.0},
-                    str(tmp_path / "ckpt.pt"))
+    save_run(tmp_path, tiny_model(n_layer=1, n_head=1, n_embd=8),
+             meta={"tokenizer": "char", "vocab_size": 65, "chars": [chr(i) for i in range(65)]})
     (tmp_path / "bad.jsonl").write_text(json.dumps({**GOOD, "label": 7}) + "\n")
     for args, message in [
         ([f"--init_from={hf_dir}", f"--data_file={tmp_path / 'bad.jsonl'}"],
@@ -189,6 +175,6 @@ def test_bad_arguments_are_one_clear_line(hf_dir, tmp_path):
         ([f"--init_from={hf_dir}", "--limit=0"], "limit=0: give a number of examples, at least 1"),
         ([f"--init_from={hf_dir}", "--batch_size=0"], "batch_size=0: it must be at least 1"),
     ]:
-        result = run(*args, check=False)
+        result = hellaswag_py(*args, check=False)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert result.stderr.strip().count("\n") == 0, result.stderr

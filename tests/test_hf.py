@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from conftest import tiny_model
 from hf import from_pretrained, save_pretrained
 from model import GPT, GPTConfig
 
@@ -57,8 +58,7 @@ def test_loads_hub_layout_and_pickle_free_bin(tmp_path):
 
 @pytest.mark.parametrize("cfg", SMALL_CONFIGS[1:])
 def test_export_loads_in_transformers(tmp_path, cfg):
-    torch.manual_seed(1)
-    ours = GPT(GPTConfig(**cfg)).eval()
+    ours = tiny_model(seed=1, **cfg).eval()
     save_pretrained(ours, str(tmp_path))
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
     idx = torch.randint(0, cfg["vocab_size"], (2, cfg["block_size"]))

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_model
 from model import GPT, GPTConfig, SigmoidGELU, apply_rope, gelu, rope_angles
 
 
@@ -20,8 +21,7 @@ def test_unknown_preset():
 
 
 def test_causality():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    model = tiny_model(vocab_size=50, n_embd=16).eval()
     idx = torch.randint(0, 50, (1, 16))
     with torch.no_grad():
         before = full_logits(model, idx)
@@ -45,8 +45,7 @@ def reference_attention(attn, x):
 
 
 def test_sdpa_matches_explicit_attention():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=4, n_embd=64)).eval()
+    model = tiny_model(vocab_size=50, block_size=32, n_layer=1, n_head=4, n_embd=64).eval()
     attn = model.transformer.h[0].attn
     x = torch.randn(2, 32, 64)
     with torch.no_grad():
@@ -74,8 +73,7 @@ def test_cpu_gelu_is_gpt2_tanh_gelu():
 
 
 def test_activation_checkpointing_same_loss_and_grads():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=60, block_size=16, n_layer=3, n_head=2, n_embd=32, dropout=0.1))
+    model = tiny_model(vocab_size=60, n_layer=3, dropout=0.1)
     assert_checkpointing_changes_nothing(model, torch.randint(0, 60, (4, 16)), torch.randint(0, 60, (4, 16)))
 
 
@@ -96,8 +94,7 @@ def assert_checkpointing_changes_nothing(model, idx, targets):
 
 
 def test_dropout_off_in_eval():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.5))
+    model = tiny_model(vocab_size=50, n_embd=16, dropout=0.5)
     idx = torch.randint(0, 50, (2, 16))
     model.eval()
     with torch.no_grad():
@@ -121,8 +118,7 @@ def test_forward_shapes_and_too_long_sequence():
 
 
 def test_per_position_losses():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    model = tiny_model(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8)
     idx, targets = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
     targets[1, :3] = -1
     logits, losses = model(idx, targets, reduction="none")
@@ -134,15 +130,13 @@ def test_per_position_losses():
 
 
 def test_init_loss_is_uniform():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=1000, block_size=32, n_layer=4, n_head=4, n_embd=64))
+    model = tiny_model(vocab_size=1000, block_size=32, n_layer=4, n_head=4, n_embd=64)
     _, loss = model(torch.randint(0, 1000, (8, 32)), torch.randint(0, 1000, (8, 32)))
     assert abs(loss.item() - math.log(1000)) < 0.05
 
 
 def test_init_scales_residual_projections():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=8, n_head=4, n_embd=256))
+    model = tiny_model(vocab_size=100, block_size=8, n_layer=8, n_head=4, n_embd=256)
     c_fc, c_proj = model.transformer.h[0].mlp.c_fc, model.transformer.h[0].mlp.c_proj
     assert abs(c_fc.weight.std().item() - 0.02) < 0.001
     assert abs(c_proj.weight.std().item() - 0.02 / 4) < 0.0005
@@ -164,11 +158,6 @@ def test_gpt2_parameter_count_and_flops():
 SWITCHES = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False,
                 zero_init_proj=True, logit_softcap=15.0)
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
-
-
-def modern_model(seed=0, **switches):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**TINY, **switches))
 
 
 def test_default_is_gpt2():
@@ -198,7 +187,7 @@ def test_rope_scores_depend_only_on_distance():
 
 
 def test_rope_model_has_no_wpe_and_reads_longer_sequences_with_a_window():
-    model = modern_model(rope=True).eval()
+    model = tiny_model(**TINY, rope=True).eval()
     assert not any("wpe" in name for name in model.state_dict())
     idx = torch.randint(0, 50, (1, 40))
     with torch.no_grad():
@@ -209,7 +198,7 @@ def test_rope_model_has_no_wpe_and_reads_longer_sequences_with_a_window():
 
 
 def test_qk_norm_gives_unit_rms_queries_and_keys():
-    model = modern_model(qk_norm=True, rope=True).eval()
+    model = tiny_model(**TINY, qk_norm=True, rope=True).eval()
     seen = []
     sdpa = F.scaled_dot_product_attention
 
@@ -226,7 +215,7 @@ def test_qk_norm_gives_unit_rms_queries_and_keys():
 
 
 def test_rmsnorm_matches_torch_rms_norm():
-    model = modern_model(norm="rmsnorm")
+    model = tiny_model(**TINY, norm="rmsnorm")
     ln = model.transformer.h[0].ln_1
     assert isinstance(model.transformer.ln_f, torch.nn.RMSNorm)
     with torch.no_grad():
@@ -239,18 +228,18 @@ def test_rmsnorm_matches_torch_rms_norm():
 
 
 def test_relu2_mlp():
-    mlp = modern_model(mlp_act="relu2").transformer.h[0].mlp
+    mlp = tiny_model(**TINY, mlp_act="relu2").transformer.h[0].mlp
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), mlp.c_proj(F.relu(mlp.c_fc(x)) ** 2))
 
 
 def test_untied_head_is_its_own_parameter():
-    model = modern_model(tie_embeddings=False)
+    model = tiny_model(**TINY, tie_embeddings=False)
     assert model.lm_head.weight is not model.transformer.wte.weight
     assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
     # a lookup costs no FLOPs: wte leaves the non-embedding count, the head stays
-    tied = modern_model()
+    tied = tiny_model(**TINY)
     assert model.num_params(non_embedding=False) == tied.num_params(non_embedding=False) + 50 * 32
     assert model.num_params() == tied.num_params()
     _, loss = model(torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8)))
@@ -259,7 +248,7 @@ def test_untied_head_is_its_own_parameter():
 
 
 def test_zero_init_projections():
-    model = modern_model(zero_init_proj=True)
+    model = tiny_model(**TINY, zero_init_proj=True)
     c_projs = [p for name, p in model.named_parameters() if name.endswith("c_proj.weight")]
     assert len(c_projs) == 4 and all(torch.count_nonzero(p) == 0 for p in c_projs)
     assert torch.count_nonzero(model.transformer.h[0].mlp.c_fc.weight) > 0
@@ -270,8 +259,8 @@ def test_zero_init_projections():
 
 
 def test_logit_softcap_bounds_logits():
-    capped = modern_model(logit_softcap=5.0)
-    plain = modern_model()
+    capped = tiny_model(**TINY, logit_softcap=5.0)
+    plain = tiny_model(**TINY)
     with torch.no_grad():
         plain.lm_head.weight.mul_(1000)  # logits far beyond the cap
     capped.load_state_dict(plain.state_dict())
@@ -287,8 +276,7 @@ def one_switch_at_a_time():
 
 @pytest.mark.parametrize("switches", one_switch_at_a_time(), ids=lambda s: "+".join(s))
 def test_every_switch_trains_causally_and_with_activation_checkpointing(switches):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY, dropout=0.1, **switches))
+    model = tiny_model(**TINY, dropout=0.1, **switches)
     if switches.get("zero_init_proj"):  # else the blocks are the identity and causality is trivially true
         for name, p in model.named_parameters():
             if name.endswith("c_proj.weight"):

@@ -1,8 +1,7 @@
 """ngram.py: its counts and probabilities against a direct computation, and the script as users run it."""
 
 import json
-import subprocess
-import sys
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -11,12 +10,10 @@ import pytest
 
 import data
 import ngram
-import prepare_shakespeare
 import tokenizer
+from conftest import CHARS, REPO, run
 
-REPO = Path(__file__).resolve().parents[1]
 TEXT = (REPO / "assets" / "tinyshakespeare.txt").read_text()
-CHARS = sorted(set(TEXT))
 SMALL = [CHARS.index(c) for c in TEXT[:3000]]  # small enough for the direct computation
 V = len(CHARS)
 
@@ -131,25 +128,20 @@ def test_discounts_fall_back_where_the_counts_of_counts_cannot_estimate_them():
 # -----------------------------------------------------------------------------
 # the script
 
-def run(*args, check=True):
-    result = subprocess.run([sys.executable, str(REPO / "ngram.py"), *map(str, args)], capture_output=True,
-                            text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def ngram_py(*args, check=True):
+    return run("ngram.py", *args, check=check)
 
 
 @pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shakespeare_char")
-    prepare_shakespeare.main(["--out_dir", str(out)])
-    return out
+def char_data(char_data, tmp_path_factory):
+    """conftest's dataset, copied: ngram.py records its baselines beside the dataset."""
+    return Path(shutil.copytree(char_data, tmp_path_factory.mktemp("ngram") / "shakespeare_char"))
 
 
 def test_script_reports_records_and_samples(char_data, tmp_path):
     out_file = tmp_path / "trigram.json"
-    result = run(f"--dataset={char_data}", "--order=3", f"--out_file={out_file}", "--num_samples=2",
-                 "--max_new_tokens=40", "--start=ROMEO:")
+    result = ngram_py(f"--dataset={char_data}", "--order=3", f"--out_file={out_file}", "--num_samples=2",
+                      "--max_new_tokens=40", "--start=ROMEO:")
     report = json.loads(out_file.read_text())
     assert set(report) == {"order", "val_loss"} and report["order"] == 3
     # the same number as the model scored directly on the val shard
@@ -162,7 +154,7 @@ def test_script_reports_records_and_samples(char_data, tmp_path):
     text = [s[s.index("ROMEO:"):] for s in samples[:2]]
     assert all(len(t) == len("ROMEO:") + 40 for t in text) and text[0] != text[1]
     # beside the dataset, merged with what is there
-    run(f"--dataset={char_data}", "--order=1")
+    ngram_py(f"--dataset={char_data}", "--order=1")
     assert data.read_baselines(char_data) == {1: pytest.approx(3.3473, abs=1e-4), 3: report["val_loss"]}
     assert not list(char_data.glob("*.tmp"))
 
@@ -174,7 +166,7 @@ def test_script_samples_gpt2_tokens_and_stops_at_endoftext(tmp_path):
     for split in ("train", "val"):
         data.write_shard(tmp_path / data.shard_name("toy", split, 0), doc * 1000)
     data.write_meta(tmp_path, {"tokenizer": "gpt2", "vocab_size": 50257})
-    result = run(f"--dataset={tmp_path}", "--order=2", "--num_samples=1", "--start=Hello", "--max_new_tokens=20")
+    result = ngram_py(f"--dataset={tmp_path}", "--order=2", "--num_samples=1", "--start=Hello", "--max_new_tokens=20")
     assert result.stdout.endswith("Hello world\n---------------\n")
 
 
@@ -186,7 +178,7 @@ def test_script_samples_gpt2_tokens_and_stops_at_endoftext(tmp_path):
     (["--num_samples=1", "--start=\u00e9"], "the prompt has characters not in the vocabulary"),
 ])
 def test_script_errors(char_data, args, message):
-    result = run(f"--dataset={char_data}", *args, check=False)
+    result = ngram_py(f"--dataset={char_data}", *args, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
 
@@ -195,5 +187,5 @@ def test_script_refuses_token_ids_beyond_the_vocabulary(tmp_path):
     for split in ("train", "val"):
         data.write_shard(tmp_path / data.shard_name("bad", split, 0), [1, 2, 70, 3])
     data.write_meta(tmp_path, {"tokenizer": "char", "vocab_size": 65, "chars": CHARS})
-    result = run(f"--dataset={tmp_path}", check=False)
+    result = ngram_py(f"--dataset={tmp_path}", check=False)
     assert result.returncode != 0 and "has token id 70, but its vocab_size is 65" in result.stderr

@@ -1,19 +1,12 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from conftest import tiny_model
 from optim import ChainedOptimizer, configure_optimizers
-
-TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
-
-
-def modern_model(seed=0, **switches):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**TINY, **switches))
 
 
 def test_weight_decay_groups():
-    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    model = tiny_model(vocab_size=50, block_size=8, n_embd=16)
     decay, no_decay = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu").param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
@@ -21,7 +14,7 @@ def test_weight_decay_groups():
 
 
 def test_muon_takes_the_blocks_matrices():
-    model = modern_model(tie_embeddings=False)
+    model = tiny_model(vocab_size=50, tie_embeddings=False)
     optimizer = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", dict(lr=0.02, momentum=0.95,
                                                                                 weight_decay=0.0))
     adamw, muon = optimizer.optimizers
@@ -38,7 +31,7 @@ def test_muon_takes_the_blocks_matrices():
 def test_chained_optimizer_state_round_trip():
     # four steps in one go equal two steps, a save and load into fresh optimizers, and two more
     def run(steps, state=None, model_state=None):
-        model = modern_model(tie_embeddings=False)
+        model = tiny_model(vocab_size=50, tie_embeddings=False)
         if model_state:
             model.load_state_dict(model_state)
         optimizer = configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu", dict(lr=0.05, momentum=0.9,
@@ -58,7 +51,7 @@ def test_chained_optimizer_state_round_trip():
 
     full_model, full_opt = run([1, 2, 3, 4])
     half_model, half_opt = run([1, 2])
-    assert len(half_opt["state"]) == len(list(modern_model(tie_embeddings=False).parameters()))
+    assert len(half_opt["state"]) == len(list(tiny_model(vocab_size=50, tie_embeddings=False).parameters()))
     resumed_model, resumed_opt = run([3, 4], half_opt, half_model)
     for name, t in full_model.items():
         assert torch.equal(t, resumed_model[name]), name
@@ -66,4 +59,4 @@ def test_chained_optimizer_state_round_trip():
         for key, t in state.items():
             assert torch.equal(t, resumed_opt["state"][i][key]), (i, key)
     with pytest.raises(ValueError, match="3 parameter groups, this one 2"):
-        ChainedOptimizer(configure_optimizers(modern_model(), 0.1, 1e-3, (0.9, 0.95), "cpu")).load_state_dict(half_opt)
+        ChainedOptimizer(configure_optimizers(tiny_model(vocab_size=50), 0.1, 1e-3, (0.9, 0.95), "cpu")).load_state_dict(half_opt)

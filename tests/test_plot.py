@@ -2,9 +2,8 @@
 
 import json
 import os
+import shutil
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,17 +12,11 @@ import pytest
 
 import data
 import plot
-import prepare_shakespeare
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import TORCHRUN, run
 
 
 def plot_cli(*args, check=True, **kwargs):
-    result = subprocess.run([sys.executable, str(REPO / "plot.py"), *map(str, args)], capture_output=True, text=True,
-                            timeout=120, **kwargs)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run("plot.py", *args, check=check, timeout=120, **kwargs)
 
 
 def plot_main(capsys, *args):
@@ -171,9 +164,9 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_emb
 
 
 @pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shakespeare_char")
-    prepare_shakespeare.main(["--out_dir", str(out)])
+def char_data(char_data, tmp_path_factory):
+    """conftest's dataset, copied, with a bigram baseline that loss.png draws as a line."""
+    out = Path(shutil.copytree(char_data, tmp_path_factory.mktemp("plot") / "shakespeare_char"))
     data.record_baseline(out, 2, 2.48)
     return out
 
@@ -187,10 +180,7 @@ def wait_for(path, timeout=60):
 
 def test_ddp_training_redraws_its_loss_png(char_data, tmp_path):
     out = tmp_path / "out"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run([*torchrun, str(REPO / "train.py"), *TINY, f"--dataset={char_data}", f"--out_dir={out}"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={out}", launcher=TORCHRUN, timeout=300)
     assert "loss.png" not in result.stderr
     wait_for(out / "loss.png")  # drawn by a child process that may outlive the run
     assert png_size(out / "loss.png") == (1200, 700)  # train, val, lr, tokens/s
@@ -202,14 +192,14 @@ def test_ddp_training_redraws_its_loss_png(char_data, tmp_path):
 
 
 def test_without_a_free_core_only_the_final_drawing_is_made(tmp_path):
-    run = tmp_path / "run"
-    write_log(run, steps(0, 9, 64))
-    redraw = plot.BackgroundPlot(str(run), live=False)
+    run_dir = tmp_path / "run"
+    write_log(run_dir, steps(0, 9, 64))
+    redraw = plot.BackgroundPlot(str(run_dir), live=False)
     redraw()  # at an eval: a drawing would take a core from the training step
     assert redraw.child is None
     redraw(final=True)
     redraw.child.wait(timeout=60)
-    assert redraw.child.returncode == 0 and png_size(run / "loss.png")[0] == 1200
+    assert redraw.child.returncode == 0 and png_size(run_dir / "loss.png")[0] == 1200
 
 
 def test_a_failed_drawing_warns_once_and_stops_redrawing(tmp_path, capsys):
@@ -228,10 +218,8 @@ def test_a_broken_matplotlib_never_stops_training(char_data, tmp_path):
     (tmp_path / "fake" / "matplotlib").mkdir(parents=True)
     (tmp_path / "fake" / "matplotlib" / "__init__.py").write_text("raise RuntimeError('broken')\n")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, f"--dataset={char_data}",
-                             f"--out_dir={out}", "--max_iters=20", "--eval_interval=2"], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path / "fake")})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=20", "--eval_interval=2",
+                 timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path / "fake")})
     assert "iter 20: val loss" in result.stdout and (out / "ckpt.pt").exists()
     # one warning once a drawing has failed (none if the run ended first)
     assert result.stderr.count("loss.png") <= 1 and result.stderr.count("\n") <= 1, result.stderr

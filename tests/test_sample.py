@@ -1,38 +1,27 @@
 """sample.py end to end: subprocesses, as users run it."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import prepare_shakespeare
 from checkpoint import save_checkpoint
+from conftest import run
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def sample(*args, check=True):
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--device=cpu", *map(str, args)],
-                            capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run("sample.py", "--device=cpu", *args, check=check)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(char_data, tmp_path_factory):
     """A tiny char-level model that train.py trained for a few steps."""
-    root = tmp_path_factory.mktemp("sample")
-    prepare_shakespeare.main(["--out_dir", str(root / "data")])
-    subprocess.run([sys.executable, str(REPO / "train.py"), f"--dataset={root / 'data'}", f"--out_dir={root / 'out'}",
-                    "--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
-                    "--batch_size=8", "--gradient_accumulation_steps=1", "--max_iters=20", "--eval_interval=10",
-                    "--eval_iters=2", "--learning_rate=1e-2"], check=True, capture_output=True)
-    return root / "out"
+    out = tmp_path_factory.mktemp("sample") / "out"
+    run("train.py", f"--dataset={char_data}", f"--out_dir={out}", "--device=cpu", "--compile=False", "--n_layer=1",
+        "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--gradient_accumulation_steps=1",
+        "--max_iters=20", "--eval_interval=10", "--eval_iters=2", "--learning_rate=1e-2")
+    return out
 
 
 def test_samples_from_a_training_run(trained, tmp_path):

@@ -17,26 +17,20 @@ import torch
 from fastapi.testclient import TestClient
 
 import serve
-from checkpoint import load_model, save_checkpoint
+from checkpoint import load_model
+from conftest import CHARS, REPO, run, save_run, tiny_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))
 LONG = 100_000  # max_tokens of requests that only a disconnect or Stop ends
 
 
 @pytest.fixture(scope="module")
 def char_run(tmp_path_factory):
     """A char-level checkpoint with random weights; context 16, so 40 tokens slide past it."""
-    out = tmp_path_factory.mktemp("serve") / "out-tiny"
-    out.mkdir()
-    torch.manual_seed(0)
-    args = dict(vocab_size=len(CHARS), block_size=16, n_layer=1, n_head=2, n_embd=32)
-    save_checkpoint({"model": GPT(GPTConfig(**args)).state_dict(), "model_args": args, "iter_num": 7,
-                     "best_val_loss": 4.125, "meta": {"tokenizer": "char", "chars": CHARS}}, str(out / "ckpt.pt"))
-    return out
+    return save_run(tmp_path_factory.mktemp("serve") / "out-tiny", tiny_model(n_layer=1),
+                    {"tokenizer": "char", "chars": CHARS}, best_val_loss=4.125)
 
 
 def app_for(init_from, out_dir="", **limits):
@@ -80,10 +74,7 @@ def api(request, char_run):
 @lru_cache(maxsize=None)
 def sample_py(*args):
     """sample.py's samples (prompt + text each) for these flags."""
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--device=cpu", *args],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.split("\n---------------\n")[:-1]
+    return run("sample.py", "--device=cpu", *args).stdout.split("\n---------------\n")[:-1]
 
 
 def complete(client, **body):
@@ -270,8 +261,7 @@ def test_command_line_errors_are_one_line(char_run, server):
     for args, message in [([f"--out_dir={char_run / 'nothing'}"], "no checkpoint at"),
                           (["--max_n=9"], "max_n=9 is above max_batch=8"),
                           ([f"--port={port}"], f"cannot listen on 127.0.0.1:{port}")]:
-        result = subprocess.run([sys.executable, str(REPO / "serve.py"), f"--out_dir={char_run}", "--device=cpu", *args],
-                                capture_output=True, text=True, timeout=120)
+        result = run("serve.py", f"--out_dir={char_run}", "--device=cpu", *args, check=False, timeout=120)
         assert result.returncode != 0 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 

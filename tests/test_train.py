@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,22 +13,18 @@ import torch
 
 import data
 import prepare_shakespeare
+from conftest import REPO, TORCHRUN, run
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
         "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1",
         "--warmup_iters=2", "--lr_decay_iters=30", "--learning_rate=3e-3", "--dropout=0.1", "--eval_interval=4"]
 TIMING = ("ms", "tokens_per_sec", "mfu")
 
 
-def train(*args, cwd=REPO, command=None, check=True):
-    command = command or [sys.executable, str(REPO / "train.py")]
-    result = subprocess.run([*command, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def train(*args, **kwargs):
+    return run("train.py", *args, **kwargs)
 
 
 def read_log(out_dir):
@@ -50,13 +45,6 @@ def assert_same_state(a, b):
         for key, tensor in state.items():
             assert torch.equal(tensor, b["optimizer"]["state"][i][key]), (i, key)
     assert a["loader"] == b["loader"]
-
-
-@pytest.fixture(scope="session")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shakespeare_char")
-    prepare_shakespeare.main(["--out_dir", str(out)])
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -157,9 +145,7 @@ def test_ddp_matches_one_process(char_data, tmp_path):
 def assert_ddp_matches_one_process(args, tmp_path):
     common = [*args, "--dropout=0.0", "--max_iters=5"]
     train(*common, f"--out_dir={tmp_path / 'single'}")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                str(REPO / "train.py")]
-    train(*common, f"--out_dir={tmp_path / 'ddp'}", command=torchrun)
+    train(*common, f"--out_dir={tmp_path / 'ddp'}", launcher=TORCHRUN)
     single, ddp = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
     assert [sorted(r) for r in single] == [sorted(r) for r in ddp] and len(single) == 8  # the first names the dataset
     for a, b in zip(single, ddp):
@@ -262,10 +248,8 @@ def test_input_errors_are_one_line_and_write_nothing(char_data, tmp_path):
 
 
 def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                str(REPO / "train.py")]
     result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=5",
-                   command=torchrun, check=False)
+                   launcher=TORCHRUN, check=False)
     assert result.returncode != 0
     # said once, by rank 0 (torchrun then adds its own report of the failed ranks)
     assert result.stderr.count("error: gradient_accumulation_steps=5 does not divide among 2 processes: "
@@ -282,8 +266,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_file(char_data
     def small_disk():  # writes past 100 kB fail with EFBIG, as a full disk fails them with ENOSPC
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), *common, "--init_from=resume", "--max_iters=8"],
-                            capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
+    result = train(*common, "--init_from=resume", "--max_iters=8", check=False, preexec_fn=small_disk)
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith(f"error: cannot write a checkpoint in {tmp_path} at iter 8 (")
     assert "the last one written is kept" in result.stderr
@@ -300,11 +283,9 @@ def test_command_lines_typed_the_argparse_way(char_data, tmp_path):
           "--max_iters", "1", "--eval_iters", "1", "--gradient_accumulation_steps", "1", cwd=tmp_path)
     ckpt = load(tmp_path / "out-shakespeare-char")
     assert ckpt["iter_num"] == 1 and ckpt["config"]["batch_size"] == 64 and ckpt["model_args"]["n_embd"] == 384
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--out_dir", "out-shakespeare-char",
-                             "--prompt", "ROMEO:", "--temperature", "0.8", "--top_k", "40", "--max_new_tokens", "500",
-                             "--num_samples", "1", "--max_new_tokens", "20"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    result = run("sample.py", "--out_dir", "out-shakespeare-char", "--prompt", "ROMEO:", "--temperature", "0.8",
+                 "--top_k", "40", "--max_new_tokens", "500", "--num_samples", "1", "--max_new_tokens", "20",
+                 cwd=tmp_path)
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.split("\n---")[0]) == len("ROMEO:") + 20
 
 
@@ -350,9 +331,7 @@ def test_hellaswag_under_ddp_matches_one_process(gpt2_data, hellaswag_args, tmp_
     # the examples are split over the 2 gloo ranks and their counts summed
     common = [*TINY, *hellaswag_args, f"--dataset={gpt2_data}", "--dropout=0.0", "--max_iters=2"]
     train(*common, f"--out_dir={tmp_path / 'single'}")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                str(REPO / "train.py")]
-    result = train(*common, f"--out_dir={tmp_path / 'ddp'}", command=torchrun)
+    result = train(*common, f"--out_dir={tmp_path / 'ddp'}", launcher=TORCHRUN)
     assert result.stdout.count("iter 2: hellaswag acc") == 1
     single, ddp = ([r for r in read_log(tmp_path / run) if "hellaswag_acc" in r] for run in ("single", "ddp"))
     assert [r["iter"] for r in single] == [r["iter"] for r in ddp] == [0, 2]

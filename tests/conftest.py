@@ -1,0 +1,58 @@
+"""
+What several test files share: a script of the repo run as a user runs it, Tiny Shakespeare
+prepared as a char dataset, tiny models, and a run's checkpoint written as train.py writes one.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import prepare_shakespeare
+from checkpoint import save_checkpoint
+from model import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))  # the char vocabulary
+PYTHON = [sys.executable]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # gloo on CPU
+TINY_MODEL = dict(vocab_size=len(CHARS), block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwargs):
+    """`python SCRIPT ARGS` as a user types it: script is a file of the repo ("train.py") or a
+    module ("-m bench.train"); launcher takes python's place (TORCHRUN); kwargs go to
+    subprocess.run (env, preexec_fn). With check, the run must succeed. Returns the
+    CompletedProcess, its stdout and stderr as text."""
+    target = script.split() if script.startswith("-m ") else [str(REPO / script)]
+    result = subprocess.run([*launcher, *target, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, **kwargs)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def tiny_model(seed=0, **config):
+    """A GPT that runs in milliseconds: TINY_MODEL's shape, with config's changes."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY_MODEL, **config}))
+
+
+def save_run(out_dir, model, meta, iter_num=7, best_val_loss=2.0):
+    """out_dir/ckpt.pt of a model that needed no training, as sample.py, serve.py, export.py and
+    hellaswag.py read what train.py writes."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dict(model=model.state_dict(), model_args=vars(model.config), iter_num=iter_num,
+                         best_val_loss=best_val_loss, meta=meta, config={}), str(Path(out_dir) / "ckpt.pt"))
+    return Path(out_dir)
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    """Tiny Shakespeare as prepare_shakespeare.py makes it. Shared by every test: a test that
+    writes into a dataset (n-gram baselines) copies it first."""
+    out = tmp_path_factory.mktemp("shakespeare_char")
+    prepare_shakespeare.main(["--out_dir", str(out)])
+    return out
