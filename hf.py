@@ -36,7 +36,7 @@ def from_pretrained(name_or_path, **overrides):
         except Exception as e:  # offline, a proxy, the hub down: its message runs over several lines
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OSError(f"cannot download {name_or_path} from the Hugging Face hub ({reason}): download it once "
-                          f"where the network is and pass its directory (README, 'Offline use')") from None
+                          f"where the network is and pass its directory (docs/training.md, 'Offline use')") from None
     else:
         raise ValueError(
             f"'{name_or_path}' is neither a GPT-2 preset ({', '.join(PRESETS)}) "

@@ -1,7 +1,7 @@
 # The CPU quick start's model (4 layers, 4 heads, 128 wide, context 64, batch 12) trained with the
 # modern recipe: rotary embeddings, RMSNorm, QK-norm, ReLU², untied head, zero-initialised
 # projections, soft-capped logits, and Muon for the blocks' matrices. It reaches the quick start's
-# val loss (1.83) in 400 steps instead of 1200; README's "Beyond GPT-2" has the measured wall times.
+# val loss (1.83) in 400 steps instead of 1200; docs/modern-recipe.md has the measured wall times.
 # python prepare_shakespeare.py && python train.py config/train_shakespeare_char_cpu_modern.py
 
 out_dir = "out-shakespeare-char-cpu-modern"
