@@ -19,6 +19,7 @@ torch.load(weights_only=True) and nothing is ever unpickled:
 import glob
 import os
 import shutil
+import sys
 
 import torch
 
@@ -89,12 +90,27 @@ def restore_training(ckpt, optimizer, scaler, loader, rank, world_size, device_t
     return ckpt["iter_num"], ckpt["best_val_loss"]
 
 
+def find_run(out_dir, checkpoint="ckpt.pt"):
+    """The run to read: out_dir as given; with none given, the directory here whose checkpoint was
+    written last, which is where train.py just trained (saying so on stderr)."""
+    if out_dir:
+        return out_dir
+    paths = glob.glob(os.path.join("*", checkpoint))
+    if not paths:
+        raise FileNotFoundError(f"no training run here (no */{checkpoint}): train one with `python train.py`, "
+                                "or give --out_dir=DIR, or --init_from=gpt2")
+    newest = os.path.dirname(max(paths, key=os.path.getmtime))
+    print(f"{newest}: the newest run here (--out_dir=DIR picks another)", file=sys.stderr)
+    return newest
+
+
 def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
     """What sample.py and serve.py generate with: the model, the tokenizer of the data it was trained
     on, and the checkpoint's iter_num and best_val_loss (None for GPT-2 weights). init_from is 'resume'
-    (out_dir/checkpoint), a GPT-2 preset or a local HF directory. Errors are OSError or ValueError."""
+    (out_dir/checkpoint; no out_dir: find_run's), a GPT-2 preset or a local HF directory. Errors are
+    OSError or ValueError."""
     if init_from == "resume":
-        path = os.path.join(out_dir, checkpoint)
+        path = os.path.join(find_run(out_dir, checkpoint), checkpoint)
         if not os.path.isfile(path):
             runs = sorted(os.path.dirname(p) for p in glob.glob(f"*/{checkpoint}"))
             raise FileNotFoundError(f"no checkpoint at {path}: train one first, or point --out_dir at a run"

@@ -16,13 +16,13 @@ import shutil
 import sys
 
 from atomic import write_json
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import find_run, load_checkpoint, model_from_checkpoint
 from configurator import configure
 from hf import save_gpt2_tokenizer, save_pretrained
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
-out_dir = "out"  # the training run
+out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
 checkpoint = "ckpt.pt"  # or best.pt
 to = ""  # the directory to write; an earlier export there is replaced
 # -----------------------------------------------------------------------------
@@ -75,6 +75,7 @@ if not to:
 if os.path.exists(to) and not os.path.isfile(os.path.join(to, "config.json")):
     fail(f"{to} exists and is not an earlier export (no config.json): choose another --to, or remove it")
 try:
+    out_dir = find_run(out_dir, checkpoint)
     ckpt = load_checkpoint(os.path.join(out_dir, checkpoint))
 except (OSError, ValueError) as e:
     fail(e)

@@ -211,7 +211,7 @@ def evaluate(model, tokenized, batch_size, device, autocast=nullcontext(), compi
 
 DEFAULTS = dict(
     init_from="resume",  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
-    out_dir="out",
+    out_dir="",  # the training run; empty: the newest run here (the last checkpoint written)
     checkpoint="ckpt.pt",  # or best.pt
     data_file="",  # JSON lines with ctx, endings, label; empty: HellaSwag's val set, downloaded to data/hellaswag/
     limit=None,  # score only the first N examples

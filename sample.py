@@ -1,6 +1,7 @@
 """
 Generate text from a training run's checkpoint or from GPT-2.
 
+  python sample.py --prompt "The meaning of life is"                 # the run train.py just wrote
   python sample.py --out_dir=out-shakespeare-char-cpu               # out_dir/ckpt.pt
   python sample.py --out_dir=out-shakespeare --checkpoint=best.pt
   python sample.py --init_from=gpt2 --start="Once upon a time" --top_p=0.9
@@ -27,7 +28,7 @@ from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
-out_dir = "out"
+out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
 checkpoint = "ckpt.pt"  # or best.pt: the best val loss of the run
 start = "\n"  # the prompt, or FILE:path to read it from a file; empty starts from <|endoftext|>
 num_samples = 3

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from checkpoint import load_model
+from checkpoint import find_run, load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from engine import Engine, Job
@@ -35,7 +35,7 @@ from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
-out_dir = "out"
+out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
 checkpoint = "ckpt.pt"  # or best.pt
 host = "127.0.0.1"  # loopback: reachable from this machine only; 0.0.0.0 opens it to the network
 port = 8000  # 0 picks a free port
@@ -317,6 +317,8 @@ def main(argv):
         fail(e)
     autocast = autocast_for(device, dtype)
     try:
+        if config["init_from"] == "resume":
+            config["out_dir"] = find_run(config["out_dir"], config["checkpoint"])
         model, tokenizer, trained = load_model(config["init_from"], config["out_dir"], config["checkpoint"])
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)

@@ -1,5 +1,7 @@
 """sample.py end to end: subprocesses, as users run it."""
 
+import os
+import shutil
 
 import pytest
 import torch
@@ -10,8 +12,8 @@ from hf import save_pretrained
 from model import GPT, GPTConfig
 
 
-def sample(*args, check=True):
-    return run("sample.py", "--device=cpu", *args, check=check)
+def sample(*args, check=True, **kwargs):
+    return run("sample.py", "--device=cpu", *args, check=check, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,19 @@ def test_samples_from_a_training_run(trained, tmp_path):
     again = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50", "--seed=7",
                    "--kv_cache=False", "--checkpoint=best.pt")
     assert again.stdout == result.stdout
+
+
+def test_without_out_dir_it_samples_the_newest_run_here(trained, tmp_path):
+    # `python sample.py` right after `python train.py`, in the same directory
+    result = sample("--num_samples=1", check=False, cwd=tmp_path)
+    assert result.returncode != 0 and "no training run here (no */ckpt.pt): train one with" in result.stderr
+    for age, name in ((200, "out-older"), (100, "out-newer"), (300, "out-oldest")):
+        shutil.copytree(trained, tmp_path / name)
+        os.utime(tmp_path / name / "ckpt.pt", (1e9 - age, 1e9 - age))
+    result = sample("--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5", "--seed=7", cwd=tmp_path)
+    assert "out-newer: the newest run here" in result.stderr
+    assert result.stdout == sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5",
+                                   "--seed=7").stdout
 
 
 def test_prompt_from_a_file_and_beam_search(trained, tmp_path):
