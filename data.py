@@ -193,6 +193,10 @@ class ShardLoader:
     def reset(self):
         self.drawn = 0
 
+    def batches_per_pass(self):
+        """How many batches read each window of an in-order split once (the last may wrap around)."""
+        return -(-int(self.first_window[-1]) // self.B)
+
     def max_token(self):
         """The largest token id in the shards this loader reads: a scan of about 10 ms per 100M tokens,
         so that a dataset that does not fit the model's vocabulary is refused before training."""

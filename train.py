@@ -1,14 +1,15 @@
 """
 Train a GPT on a CPU, one GPU, or many GPUs on one or several nodes.
 
+  python prepare_shakespeare.py && python train.py                          # the defaults: a char model
   python train.py config/train_shakespeare_char_cpu.py                      # a laptop CPU
-  python train.py config/train_shakespeare_char.py                          # one GPU
-  torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py    # one 8-GPU node
+  torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py    # GPT-2 on one 8-GPU node
   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
       --rdzv_endpoint=HOST:29500 train.py config/train_gpt2.py              # each of 2 nodes
+  sbatch train.sbatch config/train_gpt2.py                                  # Slurm, requeued on preemption
 
 Config files and --key=value (or --key value) flags change the defaults below, left to right.
-Resume with the same command plus --init_from=resume.
+The same command again resumes the run where its checkpoint left it (init_from=auto).
 """
 
 import json
@@ -47,14 +48,18 @@ from plot import BackgroundPlot
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
+# The defaults train nanoGPT's small character-level model on Tiny Shakespeare, which ships with the
+# repo (python prepare_shakespeare.py first): minutes on a GPU. GPT-2 (124M) is config/train_gpt2.py.
 # I/O
 out_dir = ""  # checkpoints and log.jsonl; empty: out-<dataset>, e.g. out-shakespeare-char
-eval_interval = 2000
-log_interval = 1
-eval_iters = 200  # val batches per eval, over all ranks together
+eval_interval = 250
+log_interval = 10
+eval_iters = 200  # val batches per eval, over all ranks together; at most one pass over the val split
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # False: ckpt.pt only when val loss improves, and at the end
-init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a local HF directory
+# 'auto': resume the run in out_dir if its checkpoint is there, else start from scratch;
+# 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a local Hugging Face directory
+init_from = "auto"
 # HellaSwag accuracy every hellaswag_interval steps and at the end (GPT-2 tokens only); 0 is off
 hellaswag_interval = 0
 hellaswag_file = ""  # JSON lines as hellaswag.py reads them; empty: data/hellaswag/, downloaded on first use
@@ -63,16 +68,16 @@ wandb_log = False
 wandb_project = "gpt"
 wandb_run_name = "run"
 # data
-dataset = "fineweb_edu"  # a directory under data/, or a path to one
-gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, over all ranks together
+dataset = "shakespeare_char"  # a directory under data/, or a path to one
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
 total_batch_size = None  # tokens per optimizer step; when set, gradient_accumulation_steps follows from it
-batch_size = 12  # sequences per micro-step, per rank
-block_size = 1024
+batch_size = 64  # sequences per micro-step, per rank
+block_size = 256
 # model
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0
+n_layer = 6
+n_head = 6
+n_embd = 384
+dropout = 0.2
 bias = True  # GPT-2 has biases; only a bias=True model exports to Hugging Face
 activation_checkpointing = False  # recompute block activations in backward: less memory, more compute
 # beyond GPT-2, each off by default (model.GPTConfig); a model that sets any does not export to Hugging Face
@@ -89,17 +94,18 @@ muon_lr = 0.02  # Muon's peak rate; the schedule scales it as it scales learning
 muon_momentum = 0.95
 muon_weight_decay = 0.0
 # AdamW
-learning_rate = 6e-4
-max_iters = 600000
+learning_rate = 1e-3  # a small model takes a higher rate than GPT-2's 6e-4
+max_iters = 5000
 weight_decay = 1e-1
 beta1 = 0.9
-beta2 = 0.95
+beta2 = 0.99  # GPT-2 used 0.95; few tokens per step make for noisier gradients
 grad_clip = 1.0  # 0 disables clipping
-# learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters
+# learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters. Unset, they follow the
+# run; a resumed run keeps the values its first start settled on.
 decay_lr = True
-warmup_iters = 2000
-lr_decay_iters = 600000
-min_lr = 6e-5
+warmup_iters = None  # None: 5% of max_iters, at most 100
+lr_decay_iters = None  # None: max_iters
+min_lr = None  # None: learning_rate / 10
 # system
 backend = "auto"  # DDP backend: nccl on CUDA, gloo on CPU
 device = "auto"  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
@@ -134,10 +140,39 @@ if not config["out_dir"]:
 if os.path.exists(config["out_dir"]) and not os.path.isdir(config["out_dir"]):
     fail(f"out_dir={config['out_dir']} is a file, not a directory: choose another --out_dir")
 
+
+
+def other_run(ckpt, config):
+    """Why a checkpoint is not of the run that config describes, or None when it is. A run is its
+    data, the shape of its model and its optimizer; the rest may change when it resumes."""
+    saved_model = vars(GPTConfig(**ckpt["model_args"]))  # checkpoints older than a switch get its default
+    saved = {"dataset": ckpt["config"].get("dataset", config["dataset"]),
+             "optimizer": ckpt["config"].get("optimizer", "adamw"),
+             **{key: saved_model[key] for key in SHAPE_KEYS}}
+    for key, value in saved.items():
+        same = (os.path.abspath(dataset_dir(value)) == os.path.abspath(dataset_dir(config[key])) if key == "dataset"
+                else value == config[key])
+        if not same:
+            return f"{key}={value!r} there, {config[key]!r} here"
+    return None
+
+
+# init_from=auto: the run in out_dir goes on if its checkpoint is there, else this one starts from scratch.
+# A cluster that requeues a preempted job runs the same command again, and the run continues.
+ckpt, ckpt_path = None, os.path.join(config["out_dir"], "ckpt.pt")
+auto_resume = config["init_from"] == "auto"
+if auto_resume:
+    if os.path.exists(ckpt_path):
+        ckpt = or_fail(load_checkpoint, ckpt_path)
+        why = other_run(ckpt, config)
+        if why:
+            fail(f"{config['out_dir']} holds the checkpoint of another run ({why}): give this run an --out_dir of "
+                 f"its own, or pass --init_from=scratch to start over there, replacing that checkpoint")
+    config["init_from"] = "resume" if ckpt else "scratch"
+
 # Resuming starts from the run's own saved config; what this command line sets goes on top.
-ckpt = None
 if config["init_from"] == "resume":
-    ckpt = or_fail(load_checkpoint, os.path.join(config["out_dir"], "ckpt.pt"))
+    ckpt = ckpt or or_fail(load_checkpoint, ckpt_path)
     saved_model = vars(GPTConfig(**ckpt["model_args"]))  # checkpoints older than a switch get its default
     for key in SHAPE_KEYS:
         if key in overrides and overrides[key] != saved_model[key]:
@@ -150,6 +185,15 @@ if config["init_from"] == "resume":
     saved = {k: v for k, v in ckpt["config"].items() if k in defaults}
     resume_changes = {k: (saved.get(k), v) for k, v in overrides.items() if k != "init_from" and saved.get(k) != v}
     config = {**defaults, **saved, **overrides, "init_from": "resume"}
+
+# Unset, the schedule follows the run. Settled here once, it is saved with the config, so that a
+# resumed run keeps it even when its max_iters changes.
+if config["warmup_iters"] is None:
+    config["warmup_iters"] = min(100, config["max_iters"] // 20) if isinstance(config["max_iters"], int) else None
+if config["lr_decay_iters"] is None:
+    config["lr_decay_iters"] = config["max_iters"]
+if config["min_lr"] is None and isinstance(config["learning_rate"], (int, float)):
+    config["min_lr"] = config["learning_rate"] / 10
 
 
 def check_config(config):
@@ -299,14 +343,18 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
+# more would read the same windows of the val split again, which changes nothing but the time it takes
+eval_batches = min(eval_iters, val_loader.batches_per_pass())
+
+
 @torch.no_grad()
 def evaluate():
-    """Mean loss over the first eval_iters val batches, the same ones at every eval and for any
+    """Mean loss over the first eval_batches val batches, the same ones at every eval and for any
     number of ranks: rank r takes batches r, r + world_size, ... of them."""
     model.eval()
     val_loader.reset()
     total = torch.zeros((), device=run_device)
-    for _ in range(rank, eval_iters, world_size):
+    for _ in range(rank, eval_batches, world_size):
         x, y = val_loader.next_batch()
         with autocast:
             _, loss = eval_model(x, y)
@@ -314,7 +362,18 @@ def evaluate():
     model.train()
     if ddp:
         dist.all_reduce(total)
-    return total.item() / eval_iters
+    return total.item() / eval_batches
+
+
+def tokens(n):
+    return f"{n / 1e9:,.2f}B tokens" if n >= 1e9 else f"{n / 1e6:,.1f}M tokens" if n >= 1e6 else f"{n:,} tokens"
+
+
+def duration(seconds):
+    """2h05m, 4m10s or 12s."""
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 # -----------------------------------------------------------------------------
@@ -328,8 +387,9 @@ if master:
             kept = f.read(ckpt["log_offset"])
         write_atomically(log_path, lambda tmp: Path(tmp).write_bytes(kept))
     log_file = open(log_path, "a" if ckpt is not None else "w")
-    if ckpt is None:  # the dataset, where plot.py finds its n-gram baselines
-        log_file.write(json.dumps({"iter": iter_num, "dataset": os.path.abspath(data_dir)}) + "\n")
+    if ckpt is None:  # the dataset, where plot.py finds its n-gram baselines, and the run's length
+        log_file.write(json.dumps({"iter": iter_num, "dataset": os.path.abspath(data_dir), "max_iters": max_iters,
+                                   "tokens_per_iter": tokens_per_iter}) + "\n")
         log_file.flush()  # plot.py may read the log before the first eval (a HellaSwag pass first, say)
     # out_dir/loss.png at every eval, when a core is free for it: where training's threads take every
     # core (a laptop CPU run), a drawing beside a step made that step 10x slower, so it waits for the end
@@ -341,12 +401,18 @@ if master:
         except ImportError:
             fail("wandb_log=True needs Weights & Biases: pip install wandb")
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-    print(f"{raw_model.num_params() / 1e6:.2f}M parameters | device {run_device}, {run_dtype}, "
+    if init_from == "resume":
+        start = f"resuming {out_dir} at iter {iter_num}" + "".join(
+            f"; {k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items())
+    else:
+        start = f"{'a new run' if init_from == 'scratch' else 'fine-tuning ' + init_from} in {out_dir}"
+    print(f"{start} | {raw_model.num_params() / 1e6:.2f}M parameters | device {run_device}, {run_dtype}, "
           f"{world_size} process(es) | {tokens_per_iter:,} tokens per iteration = {world_size} x {accum_steps} "
-          f"micro-steps x {batch_size} x {block_size}")
-    if ckpt is not None:
-        print(f"resuming {out_dir} at iter {iter_num}" +
-              "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
+          f"micro-steps x {batch_size} x {block_size} | {max_iters:,} iterations, "
+          f"{tokens(max_iters * tokens_per_iter)}")
+    if init_from == "resume" and iter_num >= max_iters and not eval_only:
+        print(f"the run in {out_dir} is finished (iter {iter_num} of max_iters={max_iters}): nothing to train. "
+              f"A larger --max_iters goes on, --init_from=scratch starts over")
 ckpt = None  # free its memory
 
 
@@ -382,13 +448,16 @@ def save(best):
 
 
 # Preemption (SIGTERM) and Ctrl-C finish the current step, save, and exit 0; a second Ctrl-C kills.
+# A second SIGTERM does not: a cluster may send one to every process of a job, and torchrun passes
+# its own on to its workers.
 stop_signal = None
 
 
 def request_stop(signum, frame):
     global stop_signal
     stop_signal = signum
-    signal.signal(signum, signal.SIG_DFL)
+    if signum == signal.SIGINT:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 signal.signal(signal.SIGTERM, request_stop)
@@ -399,7 +468,11 @@ signal.signal(signal.SIGINT, request_stop)
 resumed_at = iter_num if init_from == "resume" else None  # its eval is already logged and saved
 saved_at = resumed_at
 stop = False
+# The time left: the steps left at the mean time of this process's steps (its first, which compiles
+# and warms up, left out), and the evals left at the last one's time.
+first_step, steps_timed, step_seconds, eval_seconds = iter_num, 0, 0.0, 0.0
 while True:
+    t_eval = time.perf_counter()
     # before the val eval, whose checkpoint then holds it in its log offset
     if hellaswag_interval and (eval_only or iter_num != resumed_at and (iter_num % hellaswag_interval == 0
                                                                         or iter_num == max_iters)):
@@ -424,6 +497,7 @@ while True:
         if iter_num > 0 and (improved or always_save_checkpoint or iter_num >= max_iters):
             save(best=improved)
             saved_at = iter_num
+        eval_seconds = time.perf_counter() - t_eval
     if iter_num >= max_iters or stop:
         break
 
@@ -457,16 +531,25 @@ while True:
     if not math.isfinite(train_loss):
         fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept "
              "(try a lower learning_rate, or bfloat16 instead of float16)")
+    if iter_num > first_step:
+        steps_timed, step_seconds = steps_timed + 1, step_seconds + dt
+    step_time = step_seconds / steps_timed if steps_timed else dt
+    evals_left = max_iters // eval_interval - iter_num // eval_interval
+    time_left = step_time * (max_iters - iter_num - 1) + eval_seconds * evals_left
+    if master and iter_num == first_step + 1:
+        print(f"iter {iter_num}/{max_iters}: about {duration(time_left)} to go, at {step_time * 1000:.0f} ms a step "
+              f"and {eval_seconds:.1f} s an eval")
     if iter_num % log_interval == 0:
         mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
         record = {"iter": iter_num, "train_loss": train_loss, "lr": lr,
                   "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
-                  "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu}
+                  "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
         log(record)
         if master:
             norm = "" if record["grad_norm"] is None else f", norm {record['grad_norm']:.2f}"
-            print(f"iter {iter_num}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
-                  f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+            print(f"iter {iter_num}/{max_iters}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
+                  f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}, "
+                  f"{duration(time_left)} left")
     iter_num += 1
 
 if not eval_only and saved_at != iter_num:
@@ -474,7 +557,8 @@ if not eval_only and saved_at != iter_num:
 if master:
     redraw_plot(final=True)
 if master and stop:
-    print(f"stopped by signal at iter {iter_num}: checkpoint in {out_dir}; continue with --init_from=resume")
+    print(f"stopped by signal at iter {iter_num}: checkpoint in {out_dir}; "
+          + ("the same command again continues it" if auto_resume else "continue with --init_from=resume"))
 if ddp:
     # Leave together, and skip C++'s teardown at exit: a gloo rank sometimes aborted there ("terminate
     # called without an active exception"; 2 runs in 12 without the barrier, still 1 in about 30 with

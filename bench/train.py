@@ -2,12 +2,12 @@
 Training throughput of a model shape: forward+backward alone, and the full optimizer step
 (forward, backward, clipping, AdamW or Muon), eager and under torch.compile, on random tokens.
 
-  python -m bench.train                                      # GPT-2 124M, batch 12 x 1024
+  python -m bench.train                                      # train.py's defaults: the char model
   python -m bench.train config/train_shakespeare_char_cpu.py --modes=eager
-  python -m bench.train config/train_gpt2.py --batch_size=16 --out_file=bench_gpt2.json
+  python -m bench.train config/train_gpt2.py --batch_size=12  # GPT-2 124M, batch 12 x 1024
   python -m bench.train config/train_gpt2_modern.py          # the modern recipe's model and Muon
-  python -m bench.train --preset=gpt2-large --activation_checkpointing=True --max_batch=True   # CUDA
-  python -m bench.train --modes=compile --profile=prof        # torch.profiler: top ops, and traces
+  python -m bench.train config/train_gpt2.py --preset=gpt2-large --max_batch=True     # CUDA
+  python -m bench.train config/train_gpt2.py --modes=compile --profile=prof   # top ops, and traces
 
 Its model, batch, optimizer and device settings are train.py's, with train.py's defaults; it
 reads train.py's config files (keys that do not change a step are skipped) and takes --key=value

@@ -15,7 +15,9 @@ dataset = "shakespeare"
 batch_size = 1
 gradient_accumulation_steps = 32
 block_size = 1024
+dropout = 0.0
 max_iters = 20
 
 learning_rate = 3e-5  # constant and small: the weights are already good
 decay_lr = False
+beta2 = 0.95  # as GPT-2 was trained

@@ -21,8 +21,8 @@ bias = True
 learning_rate = 6e-4
 min_lr = 6e-5
 weight_decay = 0.1
+beta2 = 0.95
 max_iters = 19073  # 10e9 tokens / 524288 tokens per step: one pass over the sample
-lr_decay_iters = 19073
 warmup_iters = 715  # 375M tokens, GPT-3's warmup
 
 eval_interval = 250

@@ -14,7 +14,13 @@ wandb_run_name = "gpt2-124M-modern"
 
 dataset = "fineweb_edu"
 total_batch_size = 524288  # as config/train_gpt2.py: 8 GPUs x 64 x 1024
-batch_size = 64  # the model is train.py's default, GPT-2 124M: 12 layers, 12 heads, 768 wide, context 1024
+batch_size = 64
+block_size = 1024
+
+n_layer = 12  # GPT-2 124M's shape
+n_head = 12
+n_embd = 768
+dropout = 0.0
 
 rope = True
 norm = "rmsnorm"
@@ -29,8 +35,8 @@ muon_lr = 0.02  # modded-nanogpt's Muon rate, with the same sqrt(max(1, out/in))
 learning_rate = 3e-3  # AdamW for embeddings, head and gains
 min_lr = 3e-4
 weight_decay = 0.0
+beta2 = 0.95
 max_iters = 5100  # x 524288 = 2.67B tokens
-lr_decay_iters = 5100
 warmup_iters = 100
 
 eval_interval = 250

@@ -22,7 +22,6 @@ dropout = 0.2
 
 learning_rate = 1e-3  # small models can take a higher rate
 max_iters = 5000
-lr_decay_iters = 5000  # usually max_iters
 min_lr = 1e-4  # learning_rate / 10
 beta2 = 0.99  # a little higher: few tokens per step
 warmup_iters = 100

@@ -21,7 +21,6 @@ dropout = 0.0
 
 learning_rate = 3e-3
 max_iters = 1200
-lr_decay_iters = 1200
 min_lr = 3e-4
 beta2 = 0.99
 warmup_iters = 50

@@ -33,7 +33,6 @@ muon_lr = 0.015  # the blocks' matrices
 learning_rate = 2e-3  # AdamW: embeddings, head, gains; tuned with muon_lr on 400-600 step runs
 min_lr = 2e-4
 max_iters = 400
-lr_decay_iters = 400
 beta2 = 0.99
 warmup_iters = 50
 

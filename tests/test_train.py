@@ -13,6 +13,7 @@ import torch
 
 import data
 import prepare_shakespeare
+from configurator import configure, script_defaults
 from conftest import REPO, TORCHRUN, run
 from hf import save_pretrained
 from model import GPT, GPTConfig
@@ -20,7 +21,8 @@ from model import GPT, GPTConfig
 TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
         "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1",
         "--warmup_iters=2", "--lr_decay_iters=30", "--learning_rate=3e-3", "--dropout=0.1", "--eval_interval=4"]
-TIMING = ("ms", "tokens_per_sec", "mfu")
+# the timings differ from run to run, and a run resumed with another max_iters logged the first
+TIMING = ("ms", "tokens_per_sec", "mfu", "seconds_left", "max_iters")
 
 
 def train(*args, **kwargs):
@@ -28,7 +30,7 @@ def train(*args, **kwargs):
 
 
 def read_log(out_dir):
-    """log.jsonl without the timings, which differ from run to run."""
+    """log.jsonl without TIMING."""
     lines = (out_dir / "log.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
@@ -156,16 +158,114 @@ def assert_ddp_matches_one_process(args, tmp_path):
         torch.testing.assert_close(load(tmp_path / "ddp")["model"][name], tensor, atol=1e-5, rtol=0)
 
 
-def test_nanogpt_cpu_command_line(char_data, tmp_path):
-    # nanoGPT's README command for a CPU, unchanged but for a shorter run
+def user_dir(tmp_path, char_data):
+    """A directory as a user's clone has it after `python prepare_shakespeare.py`: data/shakespeare_char,
+    and the repo's configs."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shakespeare_char").symlink_to(char_data)
     (tmp_path / "config").symlink_to(REPO / "config")
+    return tmp_path
+
+
+def test_nanogpt_cpu_command_line(char_data, tmp_path):
+    # nanoGPT's README command for a CPU, unchanged but for a shorter run; then its sampling command
+    cwd = user_dir(tmp_path, char_data)
     train("config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
           "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
-          "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0", "--max_iters=6", cwd=tmp_path)
+          "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0", "--max_iters=6", cwd=cwd)
     ckpt = load(tmp_path / "out-shakespeare-char")
     assert ckpt["iter_num"] == 6 and ckpt["model_args"]["n_layer"] == 4 and ckpt["model_args"]["block_size"] == 64
+    result = run("sample.py", "--out_dir=out-shakespeare-char", "--device=cpu", "--max_new_tokens=10", cwd=cwd)
+    assert result.stdout.count("---------------") == 3  # num_samples: 3
+
+
+def test_the_bare_command_trains_the_char_model_on_the_shipped_text(char_data, tmp_path):
+    cwd = user_dir(tmp_path, char_data)
+    # `python train.py` alone; the flags only shrink the model and the run
+    result = train("--n_layer=1", "--n_embd=32", "--n_head=2", "--max_iters=2", "--eval_iters=1", cwd=cwd)
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("a new run in out-shakespeare-char | ")
+    assert "16,384 tokens per iteration = 1 x 1 micro-steps x 64 x 256 | 2 iterations, 32,768 tokens" in first
+    ckpt = load(tmp_path / "out-shakespeare-char")
+    assert ckpt["meta"]["tokenizer"] == "char" and ckpt["config"]["dataset"] == "shakespeare_char"
+    assert ckpt["model_args"]["block_size"] == 256 and ckpt["model_args"]["dropout"] == 0.2
+    # the schedule follows the run: no warmup in 2 steps, the decay ends at max_iters, min_lr is lr / 10
+    assert [ckpt["config"][k] for k in ("warmup_iters", "lr_decay_iters", "min_lr")] == [0, 2, 1e-4]
+    # what sample.py (and serve.py, export.py, hellaswag.py) take when no run is named: the newest
+    result = run("sample.py", "--prompt", "The meaning of life is", "--num_samples=1", "--max_new_tokens=5", cwd=cwd)
+    assert result.stdout.startswith("The meaning of life is")
+    assert "out-shakespeare-char: the newest run here" in result.stderr
+
+
+def test_the_minimal_gpt_quick_start_runs_at_accumulation_1(char_data, tmp_path):
+    cwd = user_dir(tmp_path, char_data)
+    # that repository's README line as it is, with --max_iters 3 appended; then its sampling line
+    result = train("--batch_size", "64", "--block_size", "256", "--n_embd", "384", "--n_head", "6", "--n_layer", "6",
+                   "--max_iters", "5000", "--eval_interval", "500", "--max_iters", "3", cwd=cwd)
+    assert "16,384 tokens per iteration = 1 x 1 micro-steps x 64 x 256 | 3 iterations" in result.stdout
+    assert "iter 0/3: loss" in result.stdout and "left" in result.stdout
+    ckpt = load(tmp_path / "out-shakespeare-char")
+    assert ckpt["iter_num"] == 3 and ckpt["config"]["gradient_accumulation_steps"] == 1
+    result = run("sample.py", "--prompt", "ROMEO:", "--temperature", "0.8", "--top_k", "40", "--max_new_tokens", "500",
+                 "--num_samples", "1", "--max_new_tokens", "20", cwd=cwd)
+    assert result.stdout.startswith("ROMEO:") and len(result.stdout.split("\n---")[0]) == len("ROMEO:") + 20
+
+
+def test_the_minimal_gpt_large_model_line_means_what_it_says(char_data, tmp_path):
+    cwd = user_dir(tmp_path, char_data)
+    # GPT-2 124M's shape on characters, 4 micro-steps of 16: evaluated once instead of trained, which on a
+    # CPU would take minutes a step
+    train("--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--batch_size", "16", "--gradient_accumulation_steps",
+          "4", "--max_iters", "20000", "--eval_only", "True", "--eval_iters", "1", cwd=cwd)
+    header, val = [json.loads(line) for line in (tmp_path / "out-shakespeare-char" / "log.jsonl").open()]
+    assert header["max_iters"] == 20000 and header["tokens_per_iter"] == 4 * 16 * 256
+    assert "val_loss" in val
+
+
+def test_the_same_command_resumes_a_killed_run_bit_for_bit(char_data, tmp_path):
+    common = [*TINY[:-1], f"--dataset={char_data}", "--eval_interval=3", "--warmup_iters=None",
+              "--lr_decay_iters=None", "--max_iters=15"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"--out_dir={killed}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (killed / "ckpt.pt").exists() or len(read_log(killed)) < 9:  # past the checkpoint at iter 6
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no chance to save; the run goes on from its last checkpoint
+    proc.wait()
+    assert load(killed)["iter_num"] < 15
+    result = train(*common, f"--out_dir={killed}")
+    assert result.stdout.startswith(f"resuming {killed} at iter ")
+    uninterrupted = tmp_path / "uninterrupted"
+    train(*common, f"--out_dir={uninterrupted}")
+    assert_same_state(load(killed), load(uninterrupted))
+    assert read_log(killed) == read_log(uninterrupted)
+    # once more: the run is finished, and says so without touching its checkpoint
+    before = (killed / "ckpt.pt").read_bytes()
+    result = train(*common, f"--out_dir={killed}")
+    assert "is finished (iter 15 of max_iters=15): nothing to train" in result.stdout
+    assert (killed / "ckpt.pt").read_bytes() == before
+
+
+def test_auto_refuses_to_replace_another_runs_checkpoint(char_data, reference, tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes((reference / "ckpt.pt").read_bytes())
+    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", check=False)
+    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"{tmp_path} holds the checkpoint of another run (n_layer=2 there, 3 here)" in result.stderr
+    assert (tmp_path / "ckpt.pt").read_bytes() == (reference / "ckpt.pt").read_bytes()
+    # --init_from=scratch starts over there, as asked
+    train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", "--init_from=scratch",
+          "--max_iters=1")
+    assert load(tmp_path)["model_args"]["n_layer"] == 3
+
+
+def test_progress_says_where_the_run_is_and_when_it_ends(char_data, reference):
+    log = (reference / "log.jsonl").read_text().splitlines()
+    header = json.loads(log[0])
+    assert header["max_iters"] == 12 and header["tokens_per_iter"] == 2 * 4 * 32
+    steps = [json.loads(line) for line in log if "train_loss" in line]
+    assert all(s["seconds_left"] >= 0 for s in steps) and steps[-1]["seconds_left"] == pytest.approx(0, abs=0.5)
 
 
 def test_finetunes_a_local_hf_directory(tmp_path):
@@ -221,8 +321,8 @@ def test_input_errors_are_one_line_and_write_nothing(char_data, tmp_path):
         assert result.returncode != 0 and result.stderr.strip().count("\n") == 0, result.stderr
         return result.stderr.strip()
 
-    # a fresh clone: nothing prepared yet, and the message says how to prepare it
-    assert fails(cwd=tmp_path) == ("error: no dataset at data/fineweb_edu: make it with `python prepare_fineweb.py`")
+    # a fresh clone: nothing prepared yet, and the message says how to prepare the default dataset
+    assert fails(cwd=tmp_path) == "error: no dataset at data/shakespeare_char: make it with `python prepare_shakespeare.py`"
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shakespeare_char").symlink_to(char_data)
     assert fails("--dataset=shakespeare", cwd=tmp_path) == (
@@ -272,21 +372,6 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_file(char_data
     assert "the last one written is kept" in result.stderr
     assert (tmp_path / "ckpt.pt").read_bytes() == good
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_command_lines_typed_the_argparse_way(char_data, tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "shakespeare_char").symlink_to(char_data)
-    # as users of other minimal-GPT repositories type them; the last line only shortens the run
-    train("--dataset", "shakespeare_char", "--batch_size", "64", "--block_size", "256", "--n_embd", "384",
-          "--n_head", "6", "--n_layer", "6", "--max_iters", "5000", "--eval_interval", "500",
-          "--max_iters", "1", "--eval_iters", "1", "--gradient_accumulation_steps", "1", cwd=tmp_path)
-    ckpt = load(tmp_path / "out-shakespeare-char")
-    assert ckpt["iter_num"] == 1 and ckpt["config"]["batch_size"] == 64 and ckpt["model_args"]["n_embd"] == 384
-    result = run("sample.py", "--out_dir", "out-shakespeare-char", "--prompt", "ROMEO:", "--temperature", "0.8",
-                 "--top_k", "40", "--max_new_tokens", "500", "--num_samples", "1", "--max_new_tokens", "20",
-                 cwd=tmp_path)
-    assert result.stdout.startswith("ROMEO:") and len(result.stdout.split("\n---")[0]) == len("ROMEO:") + 20
 
 
 def test_resume_refuses_a_new_shape(char_data, reference, tmp_path):
@@ -417,3 +502,69 @@ def test_modern_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+# -----------------------------------------------------------------------------
+# the shipped configs: each means what it meant before train.py's defaults became a char model, and starts
+
+# What each config trains: settings that the defaults must not change under it. lr_decay_iters None is max_iters.
+GPT2 = dict(dataset="fineweb_edu", n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True,
+            total_batch_size=524288, batch_size=64, beta1=0.9, beta2=0.95, grad_clip=1.0)
+MEANING = {
+    "train_gpt2.py": dict(GPT2, learning_rate=6e-4, min_lr=6e-5, weight_decay=0.1, max_iters=19073, warmup_iters=715,
+                          lr_decay_iters=None, eval_interval=250, eval_iters=160, hellaswag_interval=250),
+    "train_gpt2_modern.py": dict(GPT2, rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False,
+                                 zero_init_proj=True, logit_softcap=30.0, optimizer="muon", muon_lr=0.02,
+                                 learning_rate=3e-3, min_lr=3e-4, weight_decay=0.0, max_iters=5100, warmup_iters=100,
+                                 lr_decay_iters=None),
+    "finetune_shakespeare.py": dict(init_from="gpt2", dataset="shakespeare", block_size=1024, dropout=0.0, batch_size=1,
+                                    gradient_accumulation_steps=32, learning_rate=3e-5, decay_lr=False, beta2=0.95,
+                                    max_iters=20, eval_interval=5, eval_iters=40, always_save_checkpoint=False),
+    "train_shakespeare_char.py": dict(dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=64,
+                                      block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, learning_rate=1e-3,
+                                      max_iters=5000, lr_decay_iters=None, min_lr=1e-4, beta2=0.99, warmup_iters=100,
+                                      eval_interval=250, eval_iters=200, always_save_checkpoint=False),
+    "train_shakespeare_char_cpu.py": dict(dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=12,
+                                          block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                                          learning_rate=3e-3, max_iters=1200, lr_decay_iters=None, min_lr=3e-4,
+                                          beta2=0.99, warmup_iters=50, device="cpu", compile=False),
+    "train_shakespeare_char_cpu_modern.py": dict(dataset="shakespeare_char", batch_size=12, block_size=64, n_layer=4,
+                                                 n_embd=128, dropout=0.0, optimizer="muon", muon_lr=0.015,
+                                                 learning_rate=2e-3, min_lr=2e-4, max_iters=400, lr_decay_iters=None,
+                                                 beta2=0.99, warmup_iters=50),
+    **{f"eval_{name.replace('-', '_')}.py": dict(init_from=name, dataset="fineweb_edu", block_size=1024, batch_size=8,
+                                                 eval_iters=500, eval_only=True)
+       for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")},
+}
+
+
+def test_every_shipped_config_is_listed():
+    assert sorted(MEANING) == sorted(p.name for p in (REPO / "config").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", sorted(MEANING))
+def test_each_config_means_what_it_meant(name):
+    config, _ = configure(script_defaults(REPO / "train.py"), [str(REPO / "config" / name)])
+    assert {key: config[key] for key in MEANING[name]} == MEANING[name]
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory):
+    """A tiny GPT-2 in Hugging Face's format, for configs that start from OpenAI's weights."""
+    directory = tmp_path_factory.mktemp("hf")
+    save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=16)), directory)
+    return directory
+
+
+@pytest.mark.parametrize("name", sorted(MEANING))
+def test_each_config_starts(name, char_data, gpt2_data, hf_dir, tmp_path):
+    meaning = MEANING[name]
+    data = char_data if meaning["dataset"] == "shakespeare_char" else gpt2_data
+    tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_iters=1",
+            "--max_iters=1", "--device=cpu", "--compile=False", "--hellaswag_interval=0"]
+    if "total_batch_size" in meaning:
+        tiny.append("--total_batch_size=128")
+    if "init_from" in meaning:
+        tiny.append(f"--init_from={hf_dir}")
+    result = train(f"config/{name}", f"--dataset={data}", f"--out_dir={tmp_path / 'out'}", *tiny)
+    assert "iter 0: val loss" in result.stdout
