@@ -106,7 +106,7 @@ def find_run(out_dir, checkpoint="ckpt.pt"):
 
 def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
     """What sample.py and serve.py generate with: the model, the tokenizer of the data it was trained
-    on, and the checkpoint's iter_num and best_val_loss (None for GPT-2 weights). init_from is 'resume'
+    on, and the checkpoint's iter_num, best_val_loss and dataset (None for GPT-2 weights). init_from is 'resume'
     (out_dir/checkpoint; no out_dir: find_run's), a GPT-2 preset or a local HF directory. Errors are
     OSError or ValueError."""
     if init_from == "resume":
@@ -117,10 +117,11 @@ def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
                                     + (f" (runs here: {', '.join(runs)})" if runs else ""))
         ckpt = load_checkpoint(path)
         model, tokenizer = model_from_checkpoint(ckpt), get_tokenizer(ckpt["meta"])
-        trained = {"iter_num": ckpt["iter_num"], "best_val_loss": float(ckpt["best_val_loss"])}
+        trained = {"iter_num": ckpt["iter_num"], "best_val_loss": float(ckpt["best_val_loss"]),
+                   "dataset": ckpt.get("config", {}).get("dataset")}
     else:
         model, tokenizer = from_pretrained(init_from), get_tokenizer({"tokenizer": "gpt2"})
-        trained = {"iter_num": None, "best_val_loss": None}
+        trained = {"iter_num": None, "best_val_loss": None, "dataset": None}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise ValueError("the model's weights contain NaN or inf: this checkpoint is broken; "
                          "try --checkpoint=best.pt or an earlier run")

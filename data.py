@@ -26,7 +26,7 @@ TOKEN_DTYPE = np.dtype("<u2")
 MAX_VOCAB = 2**16  # uint16 holds the token ids 0..65535
 
 META_FILE = "meta.json"
-BASELINES_FILE = "baselines.json"  # beside meta.json: {"order": val loss, ...} of n-gram models
+BASELINES_FILE = "baselines.json"  # beside meta.json: {"order": {"val_loss": nats, "val_bits": bits}, ...}
 
 
 # -----------------------------------------------------------------------------
@@ -137,20 +137,66 @@ def read_meta(data_dir):
 
 
 def read_baselines(data_dir):
-    """{order: val loss} of the n-gram models that ngram.py fitted on a dataset; {} where there are none."""
+    """{order: {"val_loss": nats per token, "val_bits": bits per character or byte}} of the n-gram
+    models that ngram.py fitted on a dataset; {} where there are none. Files of older versions hold
+    only the loss: their val_bits is None."""
     path = os.path.join(data_dir, BASELINES_FILE)
     if not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
-            return {int(k): float(v) for k, v in json.load(f).items()}
-    except (ValueError, AttributeError, TypeError) as e:
-        raise ValueError(f"{path}: not a JSON object of order: val loss ({e})") from None
+            recorded = json.load(f)
+        baselines = {}
+        for order, value in recorded.items():
+            if not isinstance(value, dict):  # an older file: the loss alone
+                value = {"val_loss": value, "val_bits": None}
+            bits = value["val_bits"]
+            baselines[int(order)] = {"val_loss": float(value["val_loss"]),
+                                     "val_bits": None if bits is None else float(bits)}
+        return baselines
+    except (ValueError, AttributeError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not a JSON object of order: val loss and bits ({e})") from None
 
 
-def record_baseline(data_dir, order, val_loss):
-    baselines = {**read_baselines(data_dir), order: val_loss}
+def record_baseline(data_dir, order, val_loss, val_bits):
+    baselines = {**read_baselines(data_dir), order: {"val_loss": val_loss, "val_bits": val_bits}}
     write_json(os.path.join(data_dir, BASELINES_FILE), {str(k): baselines[k] for k in sorted(baselines)})
+
+
+# -----------------------------------------------------------------------------
+# a whole split, every target once: what a loss that compares with another model's is measured on
+
+def whole_split_batches(data_dir, split, batch_size, block_size, rank=0, world_size=1):
+    """Batches (x, y) of up to batch_size rows of block_size int64 tokens in which every token of
+    the split is a target once, but the first of each shard, which has nothing before it; y is -1
+    where a target is not counted (its loss is then 0). A shard is read in non-overlapping windows
+    from its start; the targets left over, fewer than a window, come in one more window that ends
+    at the shard's last token, its targets that earlier windows covered set to -1. A shard shorter
+    than a window is one row, padded at the end. Rank r of world_size takes batches r, r +
+    world_size, ...: summed over the ranks, every target counts once."""
+    windows = []  # (shard, start, targets to skip)
+    paths = find_shards(data_dir, split)
+    for s, path in enumerate(paths):
+        targets = shard_length(path) - 1
+        full = targets // block_size
+        windows += [(s, k * block_size, 0) for k in range(full)]
+        left = targets - full * block_size
+        if left and full:
+            windows.append((s, targets - block_size, block_size - left))
+        elif left:
+            windows.append((s, 0, 0))
+    return (window_rows(paths, windows[first:first + batch_size], block_size)
+            for first in range(rank * batch_size, len(windows), world_size * batch_size))
+
+
+def window_rows(paths, windows, block_size):
+    x = np.zeros((len(windows), block_size), dtype=np.int64)
+    y = np.full((len(windows), block_size), -1, dtype=np.int64)
+    for row, (s, start, skip) in enumerate(windows):
+        tokens = read_shard(paths[s])[start:start + block_size + 1]
+        n = len(tokens) - 1
+        x[row, :n], y[row, skip:n] = tokens[:-1], tokens[1 + skip:]
+    return x, y
 
 
 # -----------------------------------------------------------------------------

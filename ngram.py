@@ -6,8 +6,9 @@ Count-based n-gram language models, the baseline a GPT's loss should beat.
   python ngram.py --dataset=shakespeare_char --order=7 --num_samples=2 --max_new_tokens=300
 
 Fits the model on the dataset's train split and reports its val loss in train.py's units:
-mean cross-entropy in nats per token over the whole val split. The result is also recorded in
-the dataset's baselines.json, where plot.py finds it.
+mean cross-entropy in nats per token over the whole val split, and in bits per character (char
+datasets) or per UTF-8 byte (BPE), in which models of any tokenizer compare. Both are recorded in
+the dataset's baselines.json, where plot.py finds them.
 
 Smoothing is interpolated modified Kneser-Ney (Chen & Goodman 1998), the standard for count
 models. For a k-gram hw (history h of k-1 tokens, h' = h without its first token):
@@ -252,7 +253,7 @@ def main(argv):
     try:
         meta = read_meta(data_dir)
         train, val = read_split(data_dir, "train"), read_split(data_dir, "val")
-        tokenizer = get_tokenizer(meta) if num_samples else None
+        tokenizer = get_tokenizer(meta)
     except (OSError, ValueError) as e:
         fail(e)
     try:
@@ -271,15 +272,19 @@ def main(argv):
     model = KneserNey(train, order, vocab_size, progress=lambda m: print(m, flush=True))
     t1 = time.perf_counter()
     val_loss = model.loss(val)
-    print(f"order {order}: val loss {val_loss:.4f} nats/token (perplexity {math.exp(val_loss):.2f}); "
-          f"fit in {t1 - t0:.1f} s, scored in {time.perf_counter() - t1:.1f} s", flush=True)
+    # every val token after the first is scored: its characters or bytes are what the bits are per
+    val_bits = val_loss * (len(val) - 1) / tokenizer.units_per_token()[val[1:]].sum() / math.log(2)
+    print(f"order {order}: val loss {val_loss:.4f} nats/token (perplexity {math.exp(val_loss):.2f}), "
+          f"{val_bits:.4f} bits per {tokenizer.unit}; fit in {t1 - t0:.1f} s, scored in {time.perf_counter() - t1:.1f} s",
+          flush=True)
     try:
-        record_baseline(data_dir, order, val_loss)
+        record_baseline(data_dir, order, val_loss, val_bits)
     except (OSError, ValueError) as e:
         print(f"warning: the baseline is not recorded beside the dataset: {e}", file=sys.stderr)
     if out_file:
         try:
-            write_json(out_file, {"order": order, "val_loss": val_loss})
+            write_json(out_file, {"order": order, "val_loss": val_loss, "val_bits": val_bits,
+                                  "bits_per": tokenizer.unit})
         except OSError as e:
             fail(f"cannot write {out_file}: {e.strerror}")
 

@@ -4,11 +4,14 @@ Loss curves of training runs, drawn from their out_dir/log.jsonl.
   python plot.py out-shakespeare-char-cpu                       # -> curves.png
   python plot.py out-a out-b --x=tokens --out=curves.svg        # runs of different batch sizes
   python plot.py out-gpt2 --ref "GPT-2 124M=3.29"               # a reference line on the val panel
+  python plot.py out-char out-bpe --bits                        # losses in bits per character or byte
 
 Panels: train loss (smoothed, the raw values faint), val loss, and where a log has them
 HellaSwag accuracy, learning rate and tokens/s; one colour per run, labelled by its directory.
 The val panel also shows the n-gram baselines that ngram.py recorded for the run's dataset.
---x=tokens counts the tokens trained on instead of steps. PNG, SVG or PDF by --out's extension.
+--x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and the
+baselines) in bits per character for char datasets or per UTF-8 byte for BPE ones, the scale on
+which runs of different tokenizers compare. PNG, SVG or PDF by --out's extension.
 A log that a run is still writing, a resumed run's log and a DDP run's log all read as they are.
 train.py redraws out_dir/loss.png with this at every evaluation when matplotlib is installed.
 """
@@ -35,6 +38,9 @@ PANELS = [  # title, the log fields it draws
     ("learning rate", ["lr"]),
     ("tokens/s", ["tokens_per_sec"]),
 ]
+BITS_PANELS = [("train loss, bits per character or byte", ["train_bits"]),
+               ("val loss, bits per character or byte", ["val_bits"])]
+TRAIN, VAL = {False: "train_loss", True: "train_bits"}, {False: "val_loss", True: "val_bits"}
 
 
 def warn(message):
@@ -95,8 +101,9 @@ def smoothed(y, fraction):
     return (cumulative[i + half + 1] - cumulative[i - half]) / (2 * half + 1)
 
 
-def reference_lines(logs, refs):
-    """(label, value) of each line on the val panel: the runs' datasets' baselines, then refs."""
+def reference_lines(logs, refs, bits=False):
+    """(label, value) of each line on the val panel: the runs' datasets' baselines (in nats per
+    token, or bits: those recorded with bits), then refs."""
     datasets = list(dict.fromkeys(dataset for _, dataset in logs if dataset))
     lines = []
     for dataset in datasets:
@@ -106,12 +113,14 @@ def reference_lines(logs, refs):
             warn(f"no baselines drawn for {dataset}: {e}")
             continue
         name = f" ({os.path.basename(os.path.normpath(dataset))})" if len(datasets) > 1 else ""
-        lines += [(f"{order}-gram KN{name}", loss) for order, loss in baselines.items()]
+        lines += [(f"{order}-gram KN{name}", b[VAL[bits]]) for order, b in baselines.items()
+                  if b[VAL[bits]] is not None]
     return lines + list(refs)
 
 
-def draw(runs, out, x="steps", refs=(), smooth=0.02):
-    """Draws runs (their out_dirs) into out, a .png, .svg or .pdf file, written whole or not at all."""
+def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False):
+    """Draws runs (their out_dirs) into out, a .png, .svg or .pdf file, written whole or not at all;
+    with bits, the losses in bits per character or byte rather than nats per token."""
     fmt = out.rsplit(".", 1)[-1].lower()
     if fmt not in FORMATS:
         raise ValueError(f"cannot write {out}: name a .png, .svg or .pdf file")
@@ -121,9 +130,9 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02):
         raise ValueError("plot.py needs matplotlib: pip install matplotlib") from None
 
     logs = [read_log(run) for run in runs]
-    lines = reference_lines(logs, refs)
-    panels = [(title, fields) for title, fields in PANELS
-              if any(f in series for series, _ in logs for f in fields) or (fields == ["val_loss"] and lines)]
+    lines = reference_lines(logs, refs, bits)
+    panels = [(title, fields) for title, fields in (BITS_PANELS + PANELS[2:] if bits else PANELS)
+              if any(f in series for series, _ in logs for f in fields) or (fields == [VAL[bits]] and lines)]
     cols = 1 if len(panels) == 1 else 2
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(WIDTH, ROW_HEIGHT * rows), dpi=DPI, layout="constrained")
@@ -140,13 +149,13 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02):
                 iters = np.array(sorted(series[field]))
                 y = np.array([series[field][it] for it in iters], dtype=float)
                 xs = tokens_at(series, iters, run) if x == "tokens" else iters
-                if field == "train_loss":
+                if field == TRAIN[bits]:
                     ax.plot(xs, y, color=color, alpha=0.25, lw=0.8)
                     ax.plot(xs, smoothed(y, smooth), color=color, lw=1.5, label=label)
                 else:
-                    ax.plot(xs, y, style, color=color, lw=1.5, marker="o" if field == "val_loss" else None,
+                    ax.plot(xs, y, style, color=color, lw=1.5, marker="o" if field == VAL[bits] else None,
                             ms=3, label=label if style == "-" else None)
-        if fields == ["val_loss"]:
+        if fields == [VAL[bits]]:
             for name, value in lines:
                 ax.axhline(value, color="0.4", lw=0.8, ls="--")
             # labels at the left end, where a falling loss curve leaves room, moved up where they would overlap
@@ -184,11 +193,13 @@ def main(argv=None):
                         help="a horizontal line on the val loss panel; repeat for more")
     parser.add_argument("--smooth", type=float, default=0.02,
                         help="train loss: moving average over this fraction of a run's points (default 0.02)")
+    parser.add_argument("--bits", action="store_true",
+                        help="losses in bits per character (char data) or UTF-8 byte (BPE) instead of nats per token")
     args = parser.parse_args(argv)
     try:
         if not 0 <= args.smooth <= 1:
             raise ValueError(f"--smooth={args.smooth}: it must lie in [0, 1]")
-        draw(args.runs, args.out, args.x, [parse_ref(r) for r in args.ref], args.smooth)
+        draw(args.runs, args.out, args.x, [parse_ref(r) for r in args.ref], args.smooth, args.bits)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 

@@ -3,6 +3,9 @@ The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file th
 assets/, so nothing needs the network) and the character-level one of a char dataset; and how
 a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
 that meta, so every script encodes and decodes as the data was made.
+
+Losses of different tokenizers compare in bits per unit of text, the unit being a character for
+a char vocabulary and a UTF-8 byte for byte-level BPE: units_per_token gives each token's count.
 """
 
 import base64
@@ -12,6 +15,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
@@ -58,6 +62,7 @@ def gpt2_encoding(vocab_file=None):
 
 class GPT2Tokenizer:
     kind = "gpt2"  # as meta.json names it
+    unit = "byte"  # of UTF-8 text: what bits are counted per
 
     def __init__(self, enc):
         self.enc = enc  # sample.py decodes token bytes across token boundaries through it
@@ -79,9 +84,15 @@ class GPT2Tokenizer:
         return lambda token: (utf8.decode(b"", final=True) if token is None
                               else utf8.decode(self.enc.decode_single_token_bytes(token)))
 
+    def units_per_token(self):
+        """The UTF-8 bytes each token id stands for; 0 for <|endoftext|>, which is no text."""
+        return np.array([0 if i == self.eot_token else len(self.enc.decode_single_token_bytes(i))
+                         for i in range(self.vocab_size)], dtype=np.int64)
+
 
 class CharTokenizer:
     kind = "char"
+    unit = "character"
 
     def __init__(self, chars):
         self.chars = list(chars)
@@ -100,6 +111,9 @@ class CharTokenizer:
 
     def stream_decoder(self):
         return lambda token: "" if token is None else self.chars[token]
+
+    def units_per_token(self):
+        return np.ones(self.vocab_size, dtype=np.int64)
 
 
 def encode_prompt(tokenizer, text):

@@ -39,8 +39,9 @@ from checkpoint import (
     training_checkpoint,
 )
 from configurator import configure
-from data import ShardLoader, dataset_dir, read_meta
+from data import ShardLoader, dataset_dir, read_meta, whole_split_batches
 from device import DTYPES, autocast_for, gpu_peak_flops, resolve_device
+from evaluate import in_units, loss_sums
 from hf import from_pretrained
 from model import GPT, GPT2_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
@@ -54,7 +55,7 @@ from tokenizer import get_tokenizer
 out_dir = ""  # checkpoints and log.jsonl; empty: out-<dataset>, e.g. out-shakespeare-char
 eval_interval = 250
 log_interval = 10
-eval_iters = 200  # val batches per eval, over all ranks together; at most one pass over the val split
+eval_iters = 200  # val batches per eval, over all ranks together, at most one pass; 0: the whole val split
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # False: ckpt.pt only when val loss improves, and at the end
 # 'auto': resume the run in out_dir if its checkpoint is there, else start from scratch;
@@ -198,7 +199,7 @@ if config["min_lr"] is None and isinstance(config["learning_rate"], (int, float)
 
 def check_config(config):
     """Values that would otherwise fail deep inside torch, or quietly train nonsense."""
-    at_least = dict(eval_interval=1, log_interval=1, eval_iters=1, batch_size=1, block_size=1, n_layer=1, n_head=1,
+    at_least = dict(eval_interval=1, log_interval=1, eval_iters=0, batch_size=1, block_size=1, n_layer=1, n_head=1,
                     n_embd=1, gradient_accumulation_steps=1, max_iters=0, warmup_iters=0, lr_decay_iters=0,
                     hellaswag_interval=0)
     for key, low in at_least.items():
@@ -307,8 +308,10 @@ for loader in (train_loader, val_loader):
 model.activation_checkpointing = activation_checkpointing
 model.to(run_device)
 raw_model = model  # the bare GPT: what checkpoints hold, never a compiled or DDP wrapper
+tokenizer = or_fail(get_tokenizer, meta)
+units = torch.tensor(tokenizer.units_per_token(), device=run_device)  # characters or bytes: losses in bits per unit
 if hellaswag_interval:
-    hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, get_tokenizer(meta), model.config.block_size)
+    hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, tokenizer, model.config.block_size)
 
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None
 opt = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, muon)
@@ -347,22 +350,23 @@ def get_lr(it):
 eval_batches = min(eval_iters, val_loader.batches_per_pass())
 
 
-@torch.no_grad()
 def evaluate():
-    """Mean loss over the first eval_batches val batches, the same ones at every eval and for any
-    number of ranks: rank r takes batches r, r + world_size, ... of them."""
+    """(nats per token, bits per unit) on the val split: the first eval_batches batches, the same
+    ones at every eval and for any number of ranks (rank r takes batches r, r + world_size, ...);
+    or, with eval_iters=0, every token of the split once."""
     model.eval()
-    val_loader.reset()
-    total = torch.zeros((), device=run_device)
-    for _ in range(rank, eval_batches, world_size):
-        x, y = val_loader.next_batch()
-        with autocast:
-            _, loss = eval_model(x, y)
-        total += loss.float()
+    if eval_iters:
+        val_loader.reset()
+        batches = (val_loader.next_batch() for _ in range(rank, eval_batches, world_size))
+    else:
+        batches = whole_split_batches(data_dir, "val", batch_size, block_size, rank, world_size)
+    sums = loss_sums(eval_model, batches, units, run_device, autocast)
     model.train()
     if ddp:
-        dist.all_reduce(total)
-    return total.item() / eval_batches
+        totals = torch.tensor(sums, dtype=torch.float64, device=run_device)
+        dist.all_reduce(totals)
+        sums = totals.tolist()
+    return in_units(sums)
 
 
 def tokens(n):
@@ -389,7 +393,7 @@ if master:
     log_file = open(log_path, "a" if ckpt is not None else "w")
     if ckpt is None:  # the dataset, where plot.py finds its n-gram baselines, and the run's length
         log_file.write(json.dumps({"iter": iter_num, "dataset": os.path.abspath(data_dir), "max_iters": max_iters,
-                                   "tokens_per_iter": tokens_per_iter}) + "\n")
+                                   "tokens_per_iter": tokens_per_iter, "bits_per": tokenizer.unit}) + "\n")
         log_file.flush()  # plot.py may read the log before the first eval (a HellaSwag pass first, say)
     # out_dir/loss.png at every eval, when a core is free for it: where training's threads take every
     # core (a laptop CPU run), a drawing beside a step made that step 10x slower, so it waits for the end
@@ -483,12 +487,12 @@ while True:
         if master:
             print(f"iter {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n} examples)")
     if eval_only or (iter_num % eval_interval == 0 and iter_num != resumed_at):
-        val_loss = evaluate()
+        val_loss, val_bits = evaluate()
         if not math.isfinite(val_loss):
             fail(f"val loss is {val_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept")
-        log({"iter": iter_num, "val_loss": val_loss})
+        log({"iter": iter_num, "val_loss": val_loss, "val_bits": val_bits})
         if master:
-            print(f"iter {iter_num}: val loss {val_loss:.4f}")
+            print(f"iter {iter_num}: val loss {val_loss:.4f}, {val_bits:.4f} bits per {tokenizer.unit}")
             redraw_plot()
         if eval_only:
             break
@@ -505,9 +509,10 @@ while True:
     for group in opt.param_groups:
         group["lr"] = group["initial_lr"] * lr / learning_rate
     t0 = time.perf_counter()
-    loss_sum = torch.zeros((), device=run_device)
+    loss_sum, units_sum = torch.zeros((), device=run_device), torch.zeros((), device=run_device)
     for micro_step in range(accum_steps):
         x, y = train_loader.next_batch()
+        units_sum += units[y].sum()
         # DDP all-reduces gradients in backward; only the last micro-step needs it
         sync = not ddp or micro_step == accum_steps - 1
         with nullcontext() if sync else model.no_sync():
@@ -522,11 +527,13 @@ while True:
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    # one small all-reduce a step: the mean loss over micro-steps and ranks, and whether any rank must stop
-    stats = torch.stack([loss_sum / accum_steps, torch.tensor(float(stop_signal is not None), device=run_device)])
+    # one small all-reduce a step: the mean loss over micro-steps and ranks, the text it covered, and
+    # whether any rank must stop
+    stats = torch.stack([loss_sum / accum_steps, units_sum,
+                         torch.tensor(float(stop_signal is not None), device=run_device)])
     if ddp:
         dist.all_reduce(stats)
-    train_loss, stop = stats[0].item() / world_size, stats[1].item() > 0
+    train_loss, train_units, stop = stats[0].item() / world_size, stats[1].item(), stats[2].item() > 0
     dt = time.perf_counter() - t0
     if not math.isfinite(train_loss):
         fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept "
@@ -541,7 +548,8 @@ while True:
               f"and {eval_seconds:.1f} s an eval")
     if iter_num % log_interval == 0:
         mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
-        record = {"iter": iter_num, "train_loss": train_loss, "lr": lr,
+        record = {"iter": iter_num, "train_loss": train_loss,
+                  "train_bits": train_loss * tokens_per_iter / train_units / math.log(2), "lr": lr,
                   "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
                   "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
         log(record)

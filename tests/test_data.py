@@ -236,3 +236,25 @@ def test_loader_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="magic") as e:
         data.ShardLoader(tmp_path, "train", 2, 4)
     assert str(bad) in str(e.value)
+
+
+def test_a_whole_split_has_every_target_once_whatever_the_batch_and_the_ranks(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = [rng.integers(0, 1000, n) for n in (50, 33, 7, 17)]  # 7: shorter than a window
+    for i, tokens in enumerate(shards):
+        data.write_shard(tmp_path / data.shard_name("t", "val", i), tokens)
+    # every (shard, position) that has a token before it, with the token it must predict
+    want = sorted((s, p, int(t[p])) for s, t in enumerate(shards) for p in range(1, len(t)))
+    for block_size, batch_size, world_size in [(4, 1, 1), (8, 3, 2), (16, 2, 3), (64, 5, 1)]:
+        got = []
+        for rank in range(world_size):
+            for x, y in data.whole_split_batches(tmp_path, "val", batch_size, block_size, rank, world_size):
+                assert x.shape == y.shape and x.shape[0] <= batch_size and x.shape[1] == block_size
+                for row_x, row_y in zip(x, y):
+                    for j in np.flatnonzero(row_y >= 0):
+                        # the target follows its context in one shard: find where
+                        context = list(row_x[:j + 1])
+                        s, p = next((s, p) for s, t in enumerate(shards) for p in range(j + 1, len(t))
+                                    if list(t[p - j - 1:p]) == context and t[p] == row_y[j])
+                        got.append((s, p, int(row_y[j])))
+        assert sorted(got) == want, (block_size, batch_size, world_size)

@@ -1,6 +1,7 @@
 """ngram.py: its counts and probabilities against a direct computation, and the script as users run it."""
 
 import json
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -143,20 +144,39 @@ def test_script_reports_records_and_samples(char_data, tmp_path):
     result = ngram_py(f"--dataset={char_data}", "--order=3", f"--out_file={out_file}", "--num_samples=2",
                       "--max_new_tokens=40", "--start=ROMEO:")
     report = json.loads(out_file.read_text())
-    assert set(report) == {"order", "val_loss"} and report["order"] == 3
+    assert set(report) == {"order", "val_loss", "val_bits", "bits_per"} and report["order"] == 3
     # the same number as the model scored directly on the val shard
     train = data.read_shard(next(char_data.glob("*train_*.bin")))
     val = data.read_shard(next(char_data.glob("*val_*.bin")))
     assert report["val_loss"] == pytest.approx(ngram.KneserNey(train, 3, 65).loss(val), rel=1e-12)
     assert f"val loss {report['val_loss']:.4f}" in result.stdout
+    # a character a token: bits per character are nats per token over ln 2
+    assert report["bits_per"] == "character" and report["val_bits"] == pytest.approx(report["val_loss"] / math.log(2))
+    assert f"{report['val_bits']:.4f} bits per character" in result.stdout
     samples = result.stdout.split("\n---------------\n")
     assert len(samples) == 3
     text = [s[s.index("ROMEO:"):] for s in samples[:2]]
     assert all(len(t) == len("ROMEO:") + 40 for t in text) and text[0] != text[1]
     # beside the dataset, merged with what is there
     ngram_py(f"--dataset={char_data}", "--order=1")
-    assert data.read_baselines(char_data) == {1: pytest.approx(3.3473, abs=1e-4), 3: report["val_loss"]}
+    baselines = data.read_baselines(char_data)
+    assert sorted(baselines) == [1, 3] and baselines[1]["val_loss"] == pytest.approx(3.3473, abs=1e-4)
+    assert baselines[3] == {"val_loss": report["val_loss"], "val_bits": report["val_bits"]}
     assert not list(char_data.glob("*.tmp"))
+
+
+def test_bits_of_gpt2_tokens_are_per_byte_of_text(tmp_path):
+    text = "naïve café, 日本語 🙂 " * 300
+    gpt2 = tokenizer.get_tokenizer({"tokenizer": "gpt2"})
+    for split in ("train", "val"):
+        data.write_shard(tmp_path / data.shard_name("toy", split, 0), gpt2.encode(text))
+    data.write_meta(tmp_path, {"tokenizer": "gpt2", "vocab_size": 50257})
+    ngram_py(f"--dataset={tmp_path}", "--order=2", f"--out_file={tmp_path / 'bigram.json'}")
+    report = json.loads((tmp_path / "bigram.json").read_text())
+    val = gpt2.encode(text)
+    scored_bytes = len(text.encode()) - len(gpt2.decode([val[0]]).encode())  # the first token is only context
+    assert report["bits_per"] == "byte"
+    assert report["val_bits"] == pytest.approx(report["val_loss"] * (len(val) - 1) / scored_bytes / math.log(2))
 
 
 def test_script_samples_gpt2_tokens_and_stops_at_endoftext(tmp_path):

@@ -1,6 +1,7 @@
 """plot.py: logs it writes itself drawn into images of the expected size, bad input, and train.py's redraw."""
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -56,8 +57,8 @@ def two_runs(tmp_path):
     """A finished run with HellaSwag evals, and a run resumed at iter 20 that redid iters 20..24."""
     dataset = tmp_path / "data"
     dataset.mkdir()
-    data.record_baseline(dataset, 3, 2.04)
-    data.record_baseline(dataset, 5, 1.56)
+    data.record_baseline(dataset, 3, 2.04, 2.94)
+    data.record_baseline(dataset, 5, 1.56, 2.25)
     a, b = tmp_path / "out-a", tmp_path / "out-b"
     write_log(a, [{"iter": 0, "dataset": str(dataset)}, {"iter": 0, "val_loss": 4.2}, *steps(0, 40, 512),
                   {"iter": 20, "val_loss": 2.5}, {"iter": 20, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26},
@@ -73,6 +74,22 @@ def test_draws_two_runs_into_a_png_of_the_expected_size(two_runs, tmp_path):
     # five panels (train, val, HellaSwag, lr, tokens/s) in two columns: three rows of 350 px
     assert png_size(out) == (1200, 1050)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bits_draws_the_losses_and_baselines_in_bits(tmp_path, capsys):
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "baselines.json").write_text('{"2": 2.48}')  # an older file: nats only, so no line in bits
+    data.record_baseline(dataset, 3, 2.04, 2.94)
+    run = tmp_path / "out"
+    records = [{**r, "train_bits": r["train_loss"] / math.log(2)} for r in steps(0, 20, 64)]
+    write_log(run, [{"iter": 0, "dataset": str(dataset), "bits_per": "character"}, *records,
+                    {"iter": 19, "val_loss": 2.1, "val_bits": 2.1 / math.log(2)}])
+    series, _ = plot.read_log(run)
+    assert plot.reference_lines([plot.read_log(run)], [], bits=True) == [("3-gram KN", 2.94)]
+    assert plot.reference_lines([plot.read_log(run)], []) == [("2-gram KN", 2.48), ("3-gram KN", 2.04)]
+    assert plot_main(capsys, run, f"--out={tmp_path / 'bits.png'}", "--bits") == (0, "")
+    assert png_size(tmp_path / "bits.png") == (1200, 700)  # train and val in bits, lr, tokens/s
 
 
 def test_svg_and_pdf_by_extension(two_runs, tmp_path, capsys):
@@ -101,6 +118,7 @@ def test_reference_lines_are_the_datasets_baselines_and_the_command_lines(two_ru
     logs = [plot.read_log(run) for run in two_runs]
     assert plot.reference_lines(logs, [("GPT-2 124M", 3.29)]) == [
         ("3-gram KN", 2.04), ("5-gram KN", 1.56), ("GPT-2 124M", 3.29)]
+    assert plot.reference_lines(logs, [], bits=True) == [("3-gram KN", 2.94), ("5-gram KN", 2.25)]
     assert plot.parse_ref("GPT-2 124M=3.29") == ("GPT-2 124M", 3.29)
 
 
@@ -167,7 +185,7 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_emb
 def char_data(char_data, tmp_path_factory):
     """conftest's dataset, copied, with a bigram baseline that loss.png draws as a line."""
     out = Path(shutil.copytree(char_data, tmp_path_factory.mktemp("plot") / "shakespeare_char"))
-    data.record_baseline(out, 2, 2.48)
+    data.record_baseline(out, 2, 2.48, 3.58)
     return out
 
 

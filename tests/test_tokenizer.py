@@ -77,3 +77,13 @@ def test_char_tokenizer():
     assert tok.vocab_size == 4 and tok.eot_token is None
     with pytest.raises(ValueError, match="'XZ'"):
         tok.encode("aZbX")
+
+
+def test_units_per_token_count_the_text_a_token_stands_for():
+    gpt2 = tokenizer.get_tokenizer({"tokenizer": "gpt2"})
+    units = gpt2.units_per_token()
+    text = "naïve café, 日本語 and 🙂🎉!\n"
+    assert gpt2.unit == "byte" and units[gpt2.encode(text)].sum() == len(text.encode("utf-8"))
+    assert units[gpt2.eot_token] == 0 and len(units) == gpt2.vocab_size
+    chars = tokenizer.get_tokenizer({"tokenizer": "char", "vocab_size": 3, "chars": ["a", "é", "\n"]})
+    assert chars.unit == "character" and list(chars.units_per_token()) == [1, 1, 1]

@@ -1,6 +1,7 @@
 """train.py end to end, as users run it: subprocesses on CPU, tiny models, few steps."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -266,6 +267,9 @@ def test_progress_says_where_the_run_is_and_when_it_ends(char_data, reference):
     assert header["max_iters"] == 12 and header["tokens_per_iter"] == 2 * 4 * 32
     steps = [json.loads(line) for line in log if "train_loss" in line]
     assert all(s["seconds_left"] >= 0 for s in steps) and steps[-1]["seconds_left"] == pytest.approx(0, abs=0.5)
+    # a character a token: bits per character are nats per token over ln 2
+    assert header["bits_per"] == "character"
+    assert all(s["train_bits"] == pytest.approx(s["train_loss"] / math.log(2), rel=1e-5) for s in steps)
 
 
 def test_finetunes_a_local_hf_directory(tmp_path):
@@ -298,7 +302,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--total_batch_size=1000"], "total_batch_size=1000 is not a multiple of batch_size * block_size * world_size "
                                   "= 128: use --total_batch_size=1024, or another batch_size"),
     (["--init_from=resume"], "no checkpoint at"),
-    (["--eval_iters=0"], "eval_iters=0: it must be a whole number, at least 1"),
+    (["--eval_iters=-1"], "eval_iters=-1: it must be a whole number, at least 0"),
     (["--learning_rate", "-1e-3"], "learning_rate=-0.001: it must be a positive number"),
     (["--weight_decay=-0.1"], "weight_decay=-0.1: it must be a number, 0 or more"),
     (["--dropout=1.0"], "dropout=1.0: it must lie in [0, 1)"),
