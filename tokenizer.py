@@ -1,7 +1,7 @@
 """
 The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file that ships in
-assets/, so nothing needs the network) and the character-level one of a char dataset; and how
-a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
+assets/, so nothing needs the network), a byte-level BPE vocabulary trained on a dataset's own
+text, and the character-level one of a char dataset; and how a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
 that meta, so every script encodes and decodes as the data was made.
 """
 
@@ -15,12 +15,39 @@ from pathlib import Path
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
+from data import MAX_VOCAB
+
 # GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
 # shipped so that nothing needs the network
 GPT2_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_ENV = "GPT2_TIKTOKEN_FILE"
 GPT2_EOT = 50256
+
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+# How a trained vocabulary cuts text into pieces before BPE, which never merges across two pieces.
+# GPT-4's (cl100k_base's) keeps numbers to 3 digits, and runs of punctuation and line ends apart
+# from words; GPT-2's splits numbers only where they meet other characters. tiktoken writes GPT-4's
+# with \p{N}{1,3}+, possessive there, but in Hugging Face's regex engine (an export's tokenizer.json)
+# {1,3}+ means "{1,3}, once or more": \p{N}{1,3} is the same split in both.
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+|"""
+                r"""\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": r50k_pat_str}
+# a trained vocabulary's ids: the 256 bytes, its merges, then these
+BPE_SPECIAL_TOKENS = (ENDOFTEXT, *CHAT_TOKENS)
+MIN_BPE_VOCAB = 256 + len(BPE_SPECIAL_TOKENS)
+
+
+def read_ranks(text):
+    """tiktoken's ranks format, one "base64(token bytes) rank" pair a line, as {bytes: rank}."""
+    return {base64.b64decode(token, validate=True): int(rank)
+            for token, rank in (line.split() for line in text.splitlines() if line)}
+
+
+def write_ranks(ranks):
+    return "".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                   for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
 
 
 @lru_cache(maxsize=None)
@@ -33,9 +60,7 @@ def _gpt2_from_file(path):
     if digest != GPT2_SHA256:
         raise ValueError(f"{path} is not the GPT-2 BPE ranks file "
                          f"(sha256 {digest[:8]}..., expected {GPT2_SHA256[:8]}...): use tiktoken's r50k_base.tiktoken or this repo's assets/gpt2.tiktoken")
-    # the format is one "base64(token bytes) rank" pair a line
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
-    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=read_ranks(raw.decode()),
                              special_tokens={ENDOFTEXT: GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
 
 
@@ -71,6 +96,10 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def meta(self):
+        """What meta.json says of this tokenizer."""
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size}
+
     def stream_decoder(self):
         """A function from one token to the text it completes; None at the end flushes what is
         left. Byte-level BPE can split a character's UTF-8 bytes over tokens: those bytes wait
@@ -101,6 +130,66 @@ class CharTokenizer:
     def stream_decoder(self):
         return lambda token: "" if token is None else self.chars[token]
 
+    def meta(self):
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class BPETokenizer(GPT2Tokenizer):
+    """A byte-level BPE vocabulary learned from a dataset's text (train_bpe), which tiktoken encodes and
+    decodes as it does GPT-2's: from ranks (token bytes: id) and a split pattern. Its ids are the 256
+    bytes, the merges in the order they were learned, then BPE_SPECIAL_TOKENS."""
+    kind = "bpe"
+
+    def __init__(self, ranks, pattern):
+        self.pattern = pattern  # a name in PATTERNS
+        special = {token: len(ranks) + i for i, token in enumerate(BPE_SPECIAL_TOKENS)}
+        super().__init__(tiktoken.Encoding(name="bpe", pat_str=PATTERNS[pattern], mergeable_ranks=ranks,
+                                           special_tokens=special, explicit_n_vocab=len(ranks) + len(special)))
+
+    def meta(self):
+        # the ranks travel as text: data.write_meta puts them in a file beside meta.json
+        return {**super().meta(), "pattern": self.pattern, "vocab": write_ranks(self.enc._mergeable_ranks)}
+
+
+def check_bpe_vocab_size(vocab_size):
+    if vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"--vocab_size {vocab_size} is too small: a byte-level BPE vocabulary has the 256 bytes "
+                         f"and {len(BPE_SPECIAL_TOKENS)} special tokens, so at least {MIN_BPE_VOCAB}")
+    if vocab_size > MAX_VOCAB:
+        raise ValueError(f"--vocab_size {vocab_size} is too large: token ids must fit the uint16 shards, "
+                         f"so at most {MAX_VOCAB:,}")
+
+
+def utf8_text(text):
+    """text as UTF-8 can hold it. A str read from UTF-8 always can; one from elsewhere (JSON's "\\ud800"
+    escapes) may hold lone surrogates, which no UTF-8 text has: each becomes U+FFFD, the replacement
+    character, and a surrogate pair becomes its character. tiktoken's encode does the same."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def train_bpe(texts, vocab_size, pattern="gpt4"):
+    """A BPETokenizer of vocab_size ids, special tokens included, learned from the strings of texts by
+    rustbpe (nanochat's trainer: parallel, and the same merges for any number of threads)."""
+    check_bpe_vocab_size(vocab_size)
+    try:
+        import rustbpe  # only here: sampling and serving need tiktoken alone
+    except ImportError:
+        raise RuntimeError("training a BPE vocabulary needs the rustbpe package: pip install rustbpe") from None
+    trainer = rustbpe.Tokenizer()
+    merged = vocab_size - len(BPE_SPECIAL_TOKENS)  # the 256 bytes and the merges
+    trainer.train_from_iterator(map(utf8_text, texts), merged, pattern=PATTERNS[pattern])
+    ranks = dict(trainer.get_mergeable_ranks())
+    if len(ranks) < merged:
+        # once every piece of the text is one token, no pair is left to merge
+        raise ValueError(f"the text has room for {len(ranks) - 256:,} merges, not the {merged - 256:,} that "
+                         f"--vocab_size {vocab_size} needs: use --vocab_size {len(ranks) + len(BPE_SPECIAL_TOKENS)} "
+                         f"or less, or more text")
+    return BPETokenizer(ranks, pattern)
+
 
 def encode_prompt(tokenizer, text):
     """A prompt's tokens; an empty prompt starts where a document starts. ValueError for characters
@@ -112,10 +201,21 @@ def encode_prompt(tokenizer, text):
 
 
 def get_tokenizer(meta, vocab_file=None):
-    """The tokenizer that made a dataset; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
+    """The tokenizer that made a dataset, from its meta as data.read_meta gives it or a checkpoint
+    carries it; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
     kind = meta["tokenizer"] if meta else "gpt2"
     if kind == "gpt2":
         return GPT2Tokenizer(gpt2_encoding(vocab_file))
     if kind == "char":
         return CharTokenizer(meta["chars"])
-    raise ValueError(f"unknown tokenizer {kind!r} in the dataset's meta.json (expected 'gpt2' or 'char')")
+    if kind == "bpe":
+        try:
+            tokenizer = BPETokenizer(read_ranks(meta["vocab"]), meta["pattern"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"the dataset's BPE vocabulary is damaged ({type(e).__name__}: {e}): prepare it again") from None
+        if tokenizer.vocab_size != meta["vocab_size"]:
+            raise ValueError(f"the dataset's BPE vocabulary has {tokenizer.vocab_size} tokens, but its meta.json says "
+                             f"{meta['vocab_size']}: prepare it again")
+        return tokenizer
+    raise ValueError(f"unknown tokenizer {kind!r} in the dataset's meta.json (expected 'gpt2', 'char' or 'bpe')")
+
