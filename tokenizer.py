@@ -1,7 +1,8 @@
 """
 The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file that ships in
 assets/, so nothing needs the network), a byte-level BPE vocabulary trained on a dataset's own
-text, and the character-level one of a char dataset; and how a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
+text, and the character-level one of a char dataset; the prepare scripts' choice among them; and
+how a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
 that meta, so every script encodes and decodes as the data was made.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-from data import MAX_VOCAB
+from data import MAX_VOCAB, META_FILE, read_meta
 
 # GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
 # shipped so that nothing needs the network
@@ -219,3 +220,47 @@ def get_tokenizer(meta, vocab_file=None):
         return tokenizer
     raise ValueError(f"unknown tokenizer {kind!r} in the dataset's meta.json (expected 'gpt2', 'char' or 'bpe')")
 
+
+# -----------------------------------------------------------------------------
+# the prepare scripts' choice of tokenizer
+
+def add_tokenizer_arguments(parser, kinds, default):
+    """The flags that choose a prepare script's tokenizer: --tokenizer among kinds (of gpt2, char, bpe),
+    --vocab_size and --pattern for a BPE vocabulary trained on the data, --tokenizer_from for the
+    tokenizer of a dataset already made, --vocab_file for GPT-2's ranks."""
+    parser.add_argument("--tokenizer", choices=kinds, help=f"default: {default}")
+    parser.add_argument("--vocab_size", type=int,
+                        help=f"bpe: the vocabulary's size, {MIN_BPE_VOCAB} to {MAX_VOCAB:,}, special tokens included")
+    parser.add_argument("--pattern", choices=list(PATTERNS),
+                        help="bpe: how text is split before BPE, as GPT-4 (the default) or GPT-2 split it")
+    parser.add_argument("--tokenizer_from", metavar="DATA_DIR",
+                        help="the tokenizer of a dataset made before, e.g. the data of the model to fine-tune")
+    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
+    parser.set_defaults(default_tokenizer=default, tokenizer_kinds=kinds)
+
+
+def choose_tokenizer(args):
+    """What add_tokenizer_arguments' flags ask for: (kind, tokenizer), the tokenizer being None for the
+    kinds that are made from the data (char, bpe: the script makes it), ready for the others. A bad
+    combination of flags is a ValueError, raised before any text is read."""
+    if args.tokenizer_from:
+        if args.tokenizer or args.vocab_size or args.pattern:
+            raise ValueError("--tokenizer_from takes another dataset's tokenizer as it is: "
+                             "leave out --tokenizer, --vocab_size and --pattern")
+        meta = read_meta(args.tokenizer_from)
+        if meta is None:
+            raise ValueError(f"--tokenizer_from {args.tokenizer_from}: no {META_FILE} there, so no tokenizer to take")
+        tokenizer = get_tokenizer(meta, args.vocab_file)
+        if tokenizer.kind not in args.tokenizer_kinds:
+            raise ValueError(f"--tokenizer_from {args.tokenizer_from} has a {tokenizer.kind} tokenizer; "
+                             f"this script makes datasets of {', '.join(args.tokenizer_kinds)} tokens")
+        return tokenizer.kind, tokenizer
+    kind = args.tokenizer or args.default_tokenizer
+    if kind != "bpe" and (args.vocab_size or args.pattern):
+        raise ValueError("--vocab_size and --pattern are for --tokenizer bpe")
+    if kind == "bpe":
+        if args.vocab_size is None:
+            raise ValueError(f"--tokenizer bpe needs --vocab_size N, from {MIN_BPE_VOCAB} to {MAX_VOCAB:,}")
+        check_bpe_vocab_size(args.vocab_size)
+        args.pattern = args.pattern or "gpt4"
+    return kind, GPT2Tokenizer(gpt2_encoding(args.vocab_file)) if kind == "gpt2" else None
