@@ -1,10 +1,10 @@
 import random
-from pathlib import Path
 
 import pytest
 import tiktoken
 
 import tokenizer
+from conftest import REPO, UNICODE, VARIED_TEXTS, random_text
 
 
 def test_offline_gpt2_tokenizer():
@@ -85,14 +85,7 @@ def test_char_tokenizer():
 # -----------------------------------------------------------------------------
 # a byte-level BPE vocabulary trained here
 
-SHAKESPEARE = (Path(__file__).resolve().parents[1] / "assets" / "tinyshakespeare.txt").read_text()
-# merges across the bytes of multi-byte characters, so that some tokens end inside a character
-UNICODE = "naïve café, 日本語の文章と中文，한국어 🙂🎉 👩‍👩‍👧 e\u0301 Ünïcödé — «quotes» 12345 ½ ∑∫ \t\r\n"
-VARIED = [
-    "", " ", "\n\n\n", "a", "ROMEO:\nWhat light?", "  leading and trailing  ", "\r\n\t\x00\x7f\x1b",
-    UNICODE, "日本語" * 50, "🙂" * 7 + "🏳️‍🌈👨‍👩‍👧‍👦", "a\u0301\u0302\u0303 o\u0308 Z\u0351\u0352\u0353", "\ufeffBOM \u200b\u200d",
-    "1234567890 3.14159 $100,000", "don't I'LL we'VE", "<|endoftext|><|user|>", "\U0010ffff\U000e0001",
-]
+SHAKESPEARE = (REPO / "assets" / "tinyshakespeare.txt").read_text()
 
 
 @pytest.fixture(scope="module", params=["gpt4", "gpt2"])
@@ -100,16 +93,9 @@ def bpe(request):
     return tokenizer.train_bpe([SHAKESPEARE[:200_000], UNICODE * 20], 700, request.param)
 
 
-def random_text(rng, n):
-    """Any code points but surrogates: Latin, CJK, emoji, combining marks, controls, private use."""
-    points = [rng.choice([rng.randrange(0x20, 0x7f), rng.randrange(0, 0xd800), rng.randrange(0xe000, 0x110000),
-                          rng.randrange(0x300, 0x370), rng.randrange(0x1f300, 0x1fa00)]) for _ in range(n)]
-    return "".join(map(chr, points))
-
-
 def test_bpe_decodes_any_unicode_to_what_was_encoded(bpe):
     rng = random.Random(0)
-    for text in VARIED + [random_text(rng, rng.randrange(1, 60)) for _ in range(300)]:
+    for text in VARIED_TEXTS + [random_text(rng, rng.randrange(1, 60)) for _ in range(300)]:
         tokens = bpe.encode(text)
         assert bpe.decode(tokens) == text
         assert all(0 <= t < bpe.eot_token for t in tokens)  # user text never becomes a special token
@@ -143,7 +129,7 @@ def test_tiktoken_from_the_ranks_encodes_as_the_trainer(bpe):
     trainer.train_from_iterator(iter([SHAKESPEARE[:200_000], UNICODE * 20]), 695, pattern=tokenizer.PATTERNS[bpe.pattern])
     assert dict(trainer.get_mergeable_ranks()) == bpe.enc._mergeable_ranks
     rng = random.Random(1)
-    for text in VARIED[:-2] + [SHAKESPEARE[-5000:]] + [random_text(rng, 40) for _ in range(100)]:
+    for text in VARIED_TEXTS[:-2] + [SHAKESPEARE[-5000:]] + [random_text(rng, 40) for _ in range(100)]:
         assert bpe.encode(text) == trainer.encode(text)
 
 
