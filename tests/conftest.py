@@ -1,6 +1,6 @@
 """
 What several test files share: a script of the repo run as a user runs it, Tiny Shakespeare
-prepared as a char dataset, tiny models, a run's checkpoint written as train.py writes one, and
+prepared as a char dataset and with a trained BPE vocabulary, tiny models, a run's checkpoint written as train.py writes one, and
 text that tokenizers must give back as it was.
 """
 
@@ -74,3 +74,11 @@ def char_data(tmp_path_factory):
     prepare_shakespeare.main(["--out_dir", str(out)])
     return out
 
+
+@pytest.fixture(scope="session")
+def bpe_data(tmp_path_factory):
+    """Tiny Shakespeare with a 512-token BPE vocabulary learned from its train split, as
+    prepare_shakespeare.py --tokenizer bpe makes it. Shared: copy it before writing into it."""
+    out = tmp_path_factory.mktemp("shakespeare_bpe")
+    prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "512", "--out_dir", str(out)])
+    return out
