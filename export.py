@@ -4,11 +4,12 @@ Export a training run's checkpoint as a Hugging Face directory that other tools 
   python export.py --out_dir=out-shakespeare --to=shakespeare-gpt2
   python export.py --out_dir=out-gpt2 --checkpoint=best.pt --to=my-gpt2
 
-The directory holds config.json and model.safetensors and, for GPT-2 BPE models, the
-tokenizer files (a vocabulary trained here: tokenizer.json), so that
-transformers.pipeline("text-generation", model=DIR) works with nothing else. A character-level model has no Hugging Face tokenizer: its directory gets
-char_vocab.json (token id i is character i) and a README.md that says how to encode.
-The export is written beside DIR and renamed into place: a failed export leaves DIR as it was.
+The directory holds config.json and model.safetensors and, for BPE models, the tokenizer files
+(GPT-2's, or tokenizer.json for a vocabulary learned here), so that
+transformers.pipeline("text-generation", model=DIR) works with nothing else. A character-level
+model has no Hugging Face tokenizer: its directory gets char_vocab.json (token id i is character
+i) and a README.md that says how to encode. The export is written beside DIR and renamed into
+place: a failed export leaves DIR as it was.
 """
 
 import os

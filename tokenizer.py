@@ -213,7 +213,8 @@ def get_tokenizer(meta, vocab_file=None):
         try:
             tokenizer = BPETokenizer(read_ranks(meta["vocab"]), meta["pattern"])
         except (ValueError, KeyError) as e:
-            raise ValueError(f"the dataset's BPE vocabulary is damaged ({type(e).__name__}: {e}): prepare it again") from None
+            raise ValueError(f"the dataset's BPE vocabulary is damaged ({type(e).__name__}: {e}): "
+                             "prepare it again") from None
         if tokenizer.vocab_size != meta["vocab_size"]:
             raise ValueError(f"the dataset's BPE vocabulary has {tokenizer.vocab_size} tokens, but its meta.json says "
                              f"{meta['vocab_size']}: prepare it again")

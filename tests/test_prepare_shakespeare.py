@@ -96,8 +96,9 @@ def test_default_out_dirs(tmp_path, monkeypatch):
     ("short.txt", ["--input", "short.txt"], "error: the text has 10 characters: too little to split"),
     ("a_file", ["--out_dir", "a_file"], "error: --out_dir a_file is a file, not a directory"),
     (None, ["--tokenizer", "bpe"], "error: --tokenizer bpe needs --vocab_size N, from 261 to 65,536"),
-    (None, ["--tokenizer", "bpe", "--vocab_size", "256"], "error: --vocab_size 256 is too small: a byte-level BPE "
-                                                         "vocabulary has the 256 bytes and 5 special tokens, so at least 261"),
+    (None, ["--tokenizer", "bpe", "--vocab_size", "256"],
+     "error: --vocab_size 256 is too small: a byte-level BPE vocabulary has the 256 bytes and 5 special tokens, "
+     "so at least 261"),
     (None, ["--tokenizer", "bpe", "--vocab_size", "65537"], "error: --vocab_size 65537 is too large: token ids must "
                                                            "fit the uint16 shards, so at most 65,536"),
     (None, ["--tokenizer", "bpe", "--vocab_size", "65536"], "error: the text has room for 20,"),
