@@ -257,7 +257,7 @@ def main(argv=None):
     parser.add_argument("--max_tokens", type=int, help="stop after this many tokens")
     add_tokenizer_arguments(parser, ["gpt2", "bpe"], default="gpt2")
     parser.add_argument("--vocab_train_chars", type=int, default=1_000_000_000,
-                        help="bpe: the characters of train text that the vocabulary is learned from")
+                        help="bpe: the characters of train text that the vocabulary is learned from (default: 1e9)")
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.num_proc < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         parser.error("--shard_size, --num_proc and --max_tokens must be positive")

@@ -245,7 +245,7 @@ def choose_tokenizer(args):
     kinds that are made from the data (char, bpe: the script makes it), ready for the others. A bad
     combination of flags is a ValueError, raised before any text is read."""
     if args.tokenizer_from:
-        if args.tokenizer or args.vocab_size or args.pattern:
+        if args.tokenizer or args.vocab_size is not None or args.pattern:
             raise ValueError("--tokenizer_from takes another dataset's tokenizer as it is: "
                              "leave out --tokenizer, --vocab_size and --pattern")
         meta = read_meta(args.tokenizer_from)
@@ -257,7 +257,7 @@ def choose_tokenizer(args):
                              f"this script makes datasets of {', '.join(args.tokenizer_kinds)} tokens")
         return tokenizer.kind, tokenizer
     kind = args.tokenizer or args.default_tokenizer
-    if kind != "bpe" and (args.vocab_size or args.pattern):
+    if kind != "bpe" and (args.vocab_size is not None or args.pattern):
         raise ValueError("--vocab_size and --pattern are for --tokenizer bpe")
     if kind == "bpe":
         if args.vocab_size is None:
