@@ -26,6 +26,7 @@ TOKEN_DTYPE = np.dtype("<u2")
 MAX_VOCAB = 2**16  # uint16 holds the token ids 0..65535
 
 META_FILE = "meta.json"
+VOCAB_FILE = "vocab.tiktoken"  # beside meta.json: a trained BPE vocabulary's ranks, in tiktoken's format
 BASELINES_FILE = "baselines.json"  # beside meta.json: {"order": {"val_loss": nats, "val_bits": bits}, ...}
 
 
@@ -121,19 +122,34 @@ def dataset_dir(dataset):
 
 
 def write_meta(data_dir, meta):
+    """meta.json; a BPE vocabulary (meta["vocab"], its ranks as text) goes to VOCAB_FILE, which meta.json names."""
     check_vocab_size(meta["vocab_size"])
+    meta = dict(meta)
+    vocab = meta.pop("vocab", None)
+    if vocab is not None:
+        write_atomically(Path(data_dir) / VOCAB_FILE, lambda tmp: Path(tmp).write_text(vocab))
+        meta["vocab_file"] = VOCAB_FILE
     write_atomically(Path(data_dir) / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def read_meta(data_dir):
-    """The dataset's metadata, or None for a directory without one (e.g. shards made by llm.c)."""
+    """The dataset's metadata, with the text of the vocabulary file it names as meta["vocab"] (so that a
+    checkpoint, which carries the meta, needs no data directory); None for a directory without one
+    (e.g. shards made by llm.c)."""
     path = Path(data_dir) / META_FILE
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if "vocab_file" in meta:
+        vocab = Path(data_dir) / meta["vocab_file"]
+        try:
+            meta["vocab"] = vocab.read_text()
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read {vocab}, the vocabulary that {path} names: {e.strerror}") from None
+    return meta
 
 
 def read_baselines(data_dir):

@@ -89,10 +89,10 @@ def main(argv):
             raise ValueError(f"init_from={c['init_from']} has no dataset of its own: name one with --dataset=NAME")
         data_dir = dataset_dir(dataset)
         data_tokenizer = get_tokenizer(read_meta(data_dir))
-        if (data_tokenizer.kind, data_tokenizer.vocab_size) != (tokenizer.kind, tokenizer.vocab_size):
+        if data_tokenizer.meta() != tokenizer.meta():
             raise ValueError(f"{data_dir} is tokenized as {data_tokenizer.kind} ({data_tokenizer.vocab_size} tokens) "
-                             f"and the model as {tokenizer.kind} ({tokenizer.vocab_size}): evaluate it on data made "
-                             "with its own tokenizer")
+                             f"and the model as {tokenizer.kind} ({tokenizer.vocab_size}), or with another vocabulary: "
+                             "evaluate it on data made with its own tokenizer")
         batches = whole_split_batches(data_dir, c["split"], c["batch_size"], model.config.block_size, rank, world_size)
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)

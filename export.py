@@ -4,11 +4,12 @@ Export a training run's checkpoint as a Hugging Face directory that other tools 
   python export.py --out_dir=out-shakespeare --to=shakespeare-gpt2
   python export.py --out_dir=out-gpt2 --checkpoint=best.pt --to=my-gpt2
 
-The directory holds config.json and model.safetensors and, for GPT-2 BPE models, the
-tokenizer files, so that transformers.pipeline("text-generation", model=DIR) works with
-nothing else. A character-level model has no Hugging Face tokenizer: its directory gets
-char_vocab.json (token id i is character i) and a README.md that says how to encode.
-The export is written beside DIR and renamed into place: a failed export leaves DIR as it was.
+The directory holds config.json and model.safetensors and, for BPE models, the tokenizer files
+(GPT-2's, or tokenizer.json for a vocabulary learned here), so that
+transformers.pipeline("text-generation", model=DIR) works with nothing else. A character-level
+model has no Hugging Face tokenizer: its directory gets char_vocab.json (token id i is character
+i) and a README.md that says how to encode. The export is written beside DIR and renamed into
+place: a failed export leaves DIR as it was.
 """
 
 import os
@@ -18,7 +19,7 @@ import sys
 from atomic import write_json
 from checkpoint import find_run, load_checkpoint, model_from_checkpoint
 from configurator import configure
-from hf import save_gpt2_tokenizer, save_pretrained
+from hf import save_bpe_tokenizer, save_gpt2_tokenizer, save_pretrained
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -63,6 +64,8 @@ def export(ckpt, directory):
     save_pretrained(model, directory, eos_token_id=tokenizer.eot_token)
     if tokenizer.kind == "gpt2":
         save_gpt2_tokenizer(directory, tokenizer.enc, model.config.block_size)
+    elif tokenizer.kind == "bpe":
+        save_bpe_tokenizer(directory, tokenizer, model.config.block_size)
     else:
         write_json(os.path.join(directory, "char_vocab.json"), tokenizer.chars)
         with open(os.path.join(directory, "README.md"), "w") as f:

@@ -98,32 +98,66 @@ def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1):
 def save_gpt2_tokenizer(directory, enc, model_max_length):
     """GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer_config.json), made from the
     tiktoken ranks that data.py loads offline, so that transformers' AutoTokenizer and pipeline
-    load an exported directory with nothing else.
+    load an exported directory with nothing else."""
+    vocab, merges = byte_level_vocab(enc._mergeable_ranks)
+    vocab[ENDOFTEXT] = enc.eot_token
+    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    write_json(os.path.join(directory, "vocab.json"), vocab)
+    write_atomically(os.path.join(directory, "merges.txt"),
+                     lambda tmp: Path(tmp).write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                                      encoding="utf-8"))
+    write_json(os.path.join(directory, "tokenizer_config.json"),
+               {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
+                **special})
+    write_json(os.path.join(directory, "special_tokens_map.json"), special)
+
+
+def save_bpe_tokenizer(directory, tokenizer, model_max_length):
+    """A trained vocabulary (tokenizer.BPETokenizer) as tokenizer.json, the format of Hugging Face's
+    tokenizers library that AutoTokenizer loads, and tokenizer_config.json. It splits text with our
+    pattern, maps bytes to GPT-2's printable characters, and merges as tiktoken does: a piece that is
+    a token as a whole is that token (ignore_merges), the others merge in rank order. Special tokens:
+    in text given to transformers they are matched, as in GPT-2's tokenizer; ours never match text."""
+    enc = tokenizer.enc
+    vocab, merges = byte_level_vocab(enc._mergeable_ranks)
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    write_json(os.path.join(directory, "tokenizer.json"), {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for token, i in enc._special_tokens.items()],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": enc._pat_str}, "behavior": "Isolated", "invert": False},
+            byte_level]},
+        "post_processor": None,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": merges},
+    })
+    write_json(os.path.join(directory, "tokenizer_config.json"),
+               {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+                "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "clean_up_tokenization_spaces": False})
+
+
+def byte_level_vocab(ranks):
+    """tiktoken's ranks in Hugging Face's terms: {token: id} and the merges in rank order, as pairs,
+    each token written as GPT-2 writes token bytes, one printable character a byte.
 
     tiktoken keeps only each token's rank; Hugging Face's format wants the merges. The merge
     that made a token is found by running BPE on its bytes with only the lower ranks: what is
     left are the two parts that the token's own rank joins."""
-    ranks = enc._mergeable_ranks
     byte_to_char = gpt2_byte_chars()
 
-    def text(token):  # GPT-2 writes token bytes as printable characters, one per byte
+    def text(token):
         return "".join(byte_to_char[b] for b in token)
 
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         if len(token) > 1:
             left, right = bpe_parts(ranks, token, rank)
-            merges.append(f"{text(left)} {text(right)}")
-    vocab = {text(token): rank for token, rank in ranks.items()}
-    vocab[ENDOFTEXT] = enc.eot_token
-    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
-    write_json(os.path.join(directory, "vocab.json"), vocab)
-    write_atomically(os.path.join(directory, "merges.txt"),
-                     lambda tmp: Path(tmp).write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"))
-    write_json(os.path.join(directory, "tokenizer_config.json"),
-               {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
-                **special})
-    write_json(os.path.join(directory, "special_tokens_map.json"), special)
+            merges.append((text(left), text(right)))
+    return {text(token): rank for token, rank in ranks.items()}, merges
 
 
 def bpe_parts(ranks, token, max_rank):

@@ -1,14 +1,20 @@
 """
-FineWeb-Edu (or any dataset with a text column) tokenized with GPT-2 BPE into uint16 shards.
+FineWeb-Edu (or any dataset with a text column) tokenized with GPT-2 BPE, or with a BPE vocabulary
+learned from the data itself, into uint16 shards.
 
     python prepare_fineweb.py                                   # fineweb-edu sample-10BT -> data/fineweb_edu
     python prepare_fineweb.py --dataset HuggingFaceFW/fineweb --name sample-10BT --out_dir data/fineweb
     python prepare_fineweb.py --data_files a.parquet b.parquet --out_dir data/mine   # local files, offline
+    python prepare_fineweb.py --tokenizer bpe --vocab_size 32768 --out_dir data/fineweb_edu_bpe32k
+    python prepare_fineweb.py --data_files chat.jsonl --tokenizer_from data/fineweb_edu_bpe32k --out_dir data/ft
 
 Every document becomes <|endoftext|> followed by its tokens, the layout of llm.c's shards.
 The token stream is cut into shards of --shard_size tokens: shard 0 is val, the others are
 train, the last one holds the remainder. Documents are tokenized by --num_proc processes in
 order, so the shards are the same for any number of them.
+
+A BPE vocabulary (--tokenizer bpe) is learned from the first --vocab_train_chars characters of
+the train documents, those after the val shard's; writing the shards then starts.
 
 Local --data_files are parquet, jsonl (one JSON object per line) or txt, where one .txt file
 is one document: plain text has no reliable document boundary inside a file.
@@ -20,6 +26,7 @@ the rest is written anew, so the result is that of an uninterrupted run.
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -30,25 +37,26 @@ import numpy as np
 from tqdm import tqdm
 
 import data
-from tokenizer import GPT2_ENV, gpt2_encoding
+from tokenizer import add_tokenizer_arguments, choose_tokenizer, get_tokenizer, train_bpe
 
 PREFIX = "fineweb"
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 DOCS_PER_TASK = 64  # a message to a worker per document costs more than it carries
+GUESSED_BYTES_PER_TOKEN = 4  # of web text under a trained vocabulary: a first guess at the val shard's documents
 
-_enc = None  # each worker's tokenizer
+_tokenizer = None  # each worker's
 
 
-def _init_worker(vocab_file):
-    global _enc
-    _enc = gpt2_encoding(vocab_file)
+def _init_worker(meta, vocab_file):
+    global _tokenizer
+    _tokenizer = get_tokenizer(meta, vocab_file)
 
 
 def _tokenize(texts):
     tokens = []
     for text in texts:
-        tokens.append(_enc.eot_token)
-        tokens.extend(_enc.encode_ordinary(text))
+        tokens.append(_tokenizer.eot_token)
+        tokens.extend(_tokenizer.encode(text))
     return np.array(tokens, dtype=np.uint16)
 
 
@@ -88,6 +96,51 @@ def texts_only(batches, skipped):
         yield [text for text in batch if text is not None]
 
 
+def documents(args):
+    """The documents' texts one by one, in the order the shards hold them."""
+    return itertools.chain.from_iterable(texts_only(open_batches(args), [0]))
+
+
+def val_documents(args, length):
+    """How many documents, from the first, the val shard takes when a document is length(text) tokens
+    long, <|endoftext|> included (the one it ends in counts); None if it takes them all."""
+    left = min(args.shard_size, args.max_tokens or args.shard_size)
+    for n, text in enumerate(documents(args), 1):
+        left -= length(text)
+        if left <= 0:
+            return n
+    return None
+
+
+def characters(texts, limit):
+    """texts until limit characters have come."""
+    for text in texts:
+        if limit <= 0:
+            return
+        limit -= len(text)
+        yield text
+
+
+def learn_vocabulary(args):
+    """A BPE vocabulary learned from train documents only, those after the val shard's. Which documents
+    the val shard takes depends on the vocabulary: they are guessed from their length, then counted
+    with the vocabulary, which is learned again without them in the rare case that they are more."""
+    t0 = time.time()
+    held_out = val_documents(args, lambda text: 1 + len(text.encode()) / GUESSED_BYTES_PER_TOKEN) or 0
+    while True:
+        texts = itertools.islice(documents(args), held_out, None)
+        tokenizer = train_bpe(characters(texts, args.vocab_train_chars), args.vocab_size, args.pattern)
+        val = val_documents(args, lambda text: 1 + len(tokenizer.encode(text)))
+        if val is None:
+            raise ValueError(f"the val shard (the first {args.shard_size:,} tokens) takes every document, "
+                             f"which leaves none to learn a vocabulary from: lower --shard_size")
+        if val <= held_out:
+            print(f"learned a vocabulary of {tokenizer.vocab_size:,} tokens from the documents after the first "
+                  f"{held_out:,} in {time.time() - t0:.1f}s")
+            return tokenizer
+        held_out = val
+
+
 def shard_path(out_dir, index):
     return out_dir / data.shard_name(PREFIX, "val" if index == 0 else "train", index)
 
@@ -107,7 +160,8 @@ def count_finished(out_dir, shard_size, limit):
 
 def remove_unfinished(out_dir, finished):
     keep = {shard_path(out_dir, i) for i in range(finished)}
-    for path in [*out_dir.glob(f"{PREFIX}_*.bin"), *out_dir.glob(f"{PREFIX}_*.bin.tmp"), out_dir / data.META_FILE]:
+    for path in [*out_dir.glob(f"{PREFIX}_*.bin"), *out_dir.glob(f"{PREFIX}_*.bin.tmp"), out_dir / data.META_FILE,
+                 out_dir / data.VOCAB_FILE]:
         if path not in keep and path.exists():
             path.unlink()
 
@@ -123,8 +177,10 @@ def save_shard(out_dir, index, tokens, finished):
 
 def prepare(args):
     out_dir = Path(args.out_dir)
+    _, tokenizer = choose_tokenizer(args)  # fails before anything is read or written
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc = gpt2_encoding(args.vocab_file)  # fail before starting workers
+    tokenizer = tokenizer or learn_vocabulary(args)
+    meta = tokenizer.meta()
     skipped = [0]
     batches = texts_only(open_batches(args), skipped)
     limit = args.max_tokens // args.shard_size if args.max_tokens else float("inf")
@@ -136,7 +192,7 @@ def prepare(args):
     shard = np.empty(args.shard_size, dtype=np.uint16)  # the one buffer: memory is bounded by the shard size
     fill = index = total = docs = 0
     t0 = time.time()
-    workers = (mp.Pool(args.num_proc, _init_worker, (args.vocab_file,)) if args.num_proc > 1
+    workers = (mp.Pool(args.num_proc, _init_worker, (meta, args.vocab_file)) if args.num_proc > 1
                else contextlib.nullcontext())
     with workers as pool, tqdm(total=args.max_tokens, unit="tok", unit_scale=True, desc="tokenizing") as bar:
         if pool:
@@ -144,12 +200,12 @@ def prepare(args):
             # holds, and this loop takes results faster than they come, so memory does not grow.
             stream = pool.imap(_tokenize, batches)
         else:
-            _init_worker(args.vocab_file)
+            _init_worker(meta, args.vocab_file)
             stream = map(_tokenize, batches)
         for tokens in stream:
             if args.max_tokens:
                 tokens = tokens[:args.max_tokens - total]
-            docs += int(np.count_nonzero(tokens == enc.eot_token))  # one a document, and text never encodes to it
+            docs += int(np.count_nonzero(tokens == tokenizer.eot_token))  # one a document, and text never encodes to it
             total += len(tokens)
             bar.update(len(tokens))
             bar.set_postfix(docs=docs, refresh=False)
@@ -176,7 +232,7 @@ def prepare(args):
 
     val = min(total, args.shard_size)
     data.write_meta(out_dir, {
-        "tokenizer": "gpt2", "vocab_size": enc.n_vocab, "train_tokens": total - val, "val_tokens": val,
+        **meta, "train_tokens": total - val, "val_tokens": val,
         "documents": docs, "skipped_documents": skipped[0], "shards": index, "shard_size": args.shard_size,
         "source": args.data_files or {"dataset": args.dataset, "name": args.name, "split": args.split},
     })
@@ -199,7 +255,9 @@ def main(argv=None):
     parser.add_argument("--shard_size", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes")
     parser.add_argument("--max_tokens", type=int, help="stop after this many tokens")
-    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
+    add_tokenizer_arguments(parser, ["gpt2", "bpe"], default="gpt2")
+    parser.add_argument("--vocab_train_chars", type=int, default=1_000_000_000,
+                        help="bpe: the characters of train text that the vocabulary is learned from (default: 1e9)")
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.num_proc < 1 or (args.max_tokens is not None and args.max_tokens < 1):
         parser.error("--shard_size, --num_proc and --max_tokens must be positive")

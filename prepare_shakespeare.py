@@ -3,6 +3,11 @@ Tiny Shakespeare as a training set: the first 90% of the text is train, the rest
 
     python prepare_shakespeare.py                    # character level -> data/shakespeare_char
     python prepare_shakespeare.py --tokenizer gpt2   # GPT-2 BPE -> data/shakespeare
+    python prepare_shakespeare.py --tokenizer bpe --vocab_size 1024   # its own BPE -> data/shakespeare_bpe1024
+    python prepare_shakespeare.py --input mine.txt --tokenizer_from data/shakespeare_bpe1024 --out_dir data/mine
+
+A BPE vocabulary is learned from the train split alone. --tokenizer_from takes the tokenizer of a
+dataset made before, so that a model trained on that one can be fine-tuned on this one.
 
 The text is the copy shipped in assets/ unless --input names another file or --download
 fetches it from char-rnn's repository (checked against the same sha256).
@@ -11,16 +16,17 @@ fetches it from char-rnn's repository (checked against the same sha256).
 import argparse
 import hashlib
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import data
-from tokenizer import GPT2_ENV, CharTokenizer, get_tokenizer
+from tokenizer import CharTokenizer, add_tokenizer_arguments, choose_tokenizer, train_bpe
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHIPPED = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
-OUT_DIRS = {"char": "data/shakespeare_char", "gpt2": "data/shakespeare"}
+OUT_DIRS = {"char": "data/shakespeare_char", "gpt2": "data/shakespeare", "bpe": "data/shakespeare_bpe{vocab_size}"}
 
 
 def download():
@@ -36,6 +42,9 @@ def download():
 
 
 def prepare(args):
+    kind, tokenizer = choose_tokenizer(args)
+    if args.tokenizer_from and not args.out_dir:
+        raise ValueError("--tokenizer_from needs --out_dir: the default directories hold the shipped text's datasets")
     if args.download:
         text = download()
     else:
@@ -48,20 +57,22 @@ def prepare(args):
             raise ValueError(f"{path} is not UTF-8 text (byte {e.start}): give a text file") from None
     if len(text) < 100:
         raise ValueError(f"the text has {len(text)} characters: too little to split into train and val")
-    if args.tokenizer == "char":
-        # the vocabulary is the corpus's own characters, sorted so that it does not depend on their order
-        tokenizer = CharTokenizer(sorted(set(text)))
-        meta = {"tokenizer": "char", "vocab_size": tokenizer.vocab_size, "chars": tokenizer.chars}
-    else:
-        tokenizer = get_tokenizer({"tokenizer": "gpt2"}, vocab_file=args.vocab_file)
-        meta = {"tokenizer": "gpt2", "vocab_size": tokenizer.vocab_size}
-    data.check_vocab_size(tokenizer.vocab_size)
-
-    out_dir = Path(args.out_dir or OUT_DIRS[args.tokenizer])
+    n = int(0.9 * len(text))
+    out_dir = Path(args.out_dir or OUT_DIRS[kind].format(vocab_size=args.vocab_size))
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out_dir {out_dir} is a file, not a directory")
+    if tokenizer is None and kind == "char":
+        # the vocabulary is the corpus's own characters, sorted so that it does not depend on their order
+        tokenizer = CharTokenizer(sorted(set(text)))
+    elif tokenizer is None:
+        t0 = time.time()
+        tokenizer = train_bpe([text[:n]], args.vocab_size, args.pattern)
+        print(f"learned a vocabulary of {tokenizer.vocab_size:,} tokens from the {n:,} characters of the train split "
+              f"in {time.time() - t0:.1f}s")
+    data.check_vocab_size(tokenizer.vocab_size)
+    meta = tokenizer.meta()
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = int(0.9 * len(text))
     for split, part in (("train", text[:n]), ("val", text[n:])):
         tokens = tokenizer.encode(part)
         data.write_shard(out_dir / data.shard_name("shakespeare", split, 0), tokens)
@@ -73,16 +84,16 @@ def prepare(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", choices=["char", "gpt2"], default="char")
+    add_tokenizer_arguments(parser, ["char", "gpt2", "bpe"], default="char")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", help="a text file to use instead of the shipped copy")
     source.add_argument("--download", action="store_true", help=f"fetch the text from {URL}")
-    parser.add_argument("--out_dir", help="default: data/shakespeare_char (char) or data/shakespeare (gpt2)")
-    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
+    parser.add_argument("--out_dir", help="default: data/shakespeare_char (char), data/shakespeare (gpt2) or "
+                                          "data/shakespeare_bpeN (bpe, --vocab_size N)")
     args = parser.parse_args(argv)
     try:
         prepare(args)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
 
 

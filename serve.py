@@ -135,7 +135,8 @@ class Choice:
 
 
 def model_info(model, tokenizer, trained, name, device, dtype):
-    tok = f"gpt2 (BPE, {tokenizer.vocab_size})" if tokenizer.kind == "gpt2" else f"char ({tokenizer.vocab_size})"
+    # "gpt2 (BPE, 50257)", "char (65)", "bpe (4096)" (a vocabulary trained on the model's data)
+    tok = f"{tokenizer.kind} ({'BPE, ' if tokenizer.kind == 'gpt2' else ''}{tokenizer.vocab_size})"
     return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local",
             "parameters": model.num_params(non_embedding=False), "tokenizer": tok,
             "block_size": model.config.block_size, "iter_num": trained["iter_num"],

@@ -1,7 +1,8 @@
 """
 The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file that ships in
-assets/, so nothing needs the network) and the character-level one of a char dataset; and how
-a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
+assets/, so nothing needs the network), a byte-level BPE vocabulary trained on a dataset's own
+text, and the character-level one of a char dataset; the prepare scripts' choice among them; and
+how a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
 that meta, so every script encodes and decodes as the data was made.
 
 Losses of different tokenizers compare in bits per unit of text, the unit being a character for
@@ -19,12 +20,39 @@ import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
+from data import MAX_VOCAB, META_FILE, read_meta
+
 # GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
 # shipped so that nothing needs the network
 GPT2_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_ENV = "GPT2_TIKTOKEN_FILE"
 GPT2_EOT = 50256
+
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+# How a trained vocabulary cuts text into pieces before BPE, which never merges across two pieces.
+# GPT-4's (cl100k_base's) keeps numbers to 3 digits, and runs of punctuation and line ends apart
+# from words; GPT-2's splits numbers only where they meet other characters. tiktoken writes GPT-4's
+# with \p{N}{1,3}+, possessive there, but in Hugging Face's regex engine (an export's tokenizer.json)
+# {1,3}+ means "{1,3}, once or more": \p{N}{1,3} is the same split in both.
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+|"""
+                r"""\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": r50k_pat_str}
+# a trained vocabulary's ids: the 256 bytes, its merges, then these
+BPE_SPECIAL_TOKENS = (ENDOFTEXT, *CHAT_TOKENS)
+MIN_BPE_VOCAB = 256 + len(BPE_SPECIAL_TOKENS)
+
+
+def read_ranks(text):
+    """tiktoken's ranks format, one "base64(token bytes) rank" pair a line, as {bytes: rank}."""
+    return {base64.b64decode(token, validate=True): int(rank)
+            for token, rank in (line.split() for line in text.splitlines() if line)}
+
+
+def write_ranks(ranks):
+    return "".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                   for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
 
 
 @lru_cache(maxsize=None)
@@ -37,9 +65,7 @@ def _gpt2_from_file(path):
     if digest != GPT2_SHA256:
         raise ValueError(f"{path} is not the GPT-2 BPE ranks file "
                          f"(sha256 {digest[:8]}..., expected {GPT2_SHA256[:8]}...): use tiktoken's r50k_base.tiktoken or this repo's assets/gpt2.tiktoken")
-    # the format is one "base64(token bytes) rank" pair a line
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
-    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=read_ranks(raw.decode()),
                              special_tokens={ENDOFTEXT: GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
 
 
@@ -76,6 +102,10 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def meta(self):
+        """What meta.json says of this tokenizer."""
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size}
+
     def stream_decoder(self):
         """A function from one token to the text it completes; None at the end flushes what is
         left. Byte-level BPE can split a character's UTF-8 bytes over tokens: those bytes wait
@@ -85,8 +115,10 @@ class GPT2Tokenizer:
                               else utf8.decode(self.enc.decode_single_token_bytes(token)))
 
     def units_per_token(self):
-        """The UTF-8 bytes each token id stands for; 0 for <|endoftext|>, which is no text."""
-        return np.array([0 if i == self.eot_token else len(self.enc.decode_single_token_bytes(i))
+        """The UTF-8 bytes each token id stands for; 0 for the special tokens past the merges
+        (<|endoftext|>, and a trained vocabulary's chat tokens), which are no text."""
+        merged = len(self.enc._mergeable_ranks)
+        return np.array([len(self.enc.decode_single_token_bytes(i)) if i < merged else 0
                          for i in range(self.vocab_size)], dtype=np.int64)
 
 
@@ -115,6 +147,66 @@ class CharTokenizer:
     def units_per_token(self):
         return np.ones(self.vocab_size, dtype=np.int64)
 
+    def meta(self):
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class BPETokenizer(GPT2Tokenizer):
+    """A byte-level BPE vocabulary learned from a dataset's text (train_bpe), which tiktoken encodes and
+    decodes as it does GPT-2's: from ranks (token bytes: id) and a split pattern. Its ids are the 256
+    bytes, the merges in the order they were learned, then BPE_SPECIAL_TOKENS."""
+    kind = "bpe"
+
+    def __init__(self, ranks, pattern):
+        self.pattern = pattern  # a name in PATTERNS
+        special = {token: len(ranks) + i for i, token in enumerate(BPE_SPECIAL_TOKENS)}
+        super().__init__(tiktoken.Encoding(name="bpe", pat_str=PATTERNS[pattern], mergeable_ranks=ranks,
+                                           special_tokens=special, explicit_n_vocab=len(ranks) + len(special)))
+
+    def meta(self):
+        # the ranks travel as text: data.write_meta puts them in a file beside meta.json
+        return {**super().meta(), "pattern": self.pattern, "vocab": write_ranks(self.enc._mergeable_ranks)}
+
+
+def check_bpe_vocab_size(vocab_size):
+    if vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"--vocab_size {vocab_size} is too small: a byte-level BPE vocabulary has the 256 bytes "
+                         f"and {len(BPE_SPECIAL_TOKENS)} special tokens, so at least {MIN_BPE_VOCAB}")
+    if vocab_size > MAX_VOCAB:
+        raise ValueError(f"--vocab_size {vocab_size} is too large: token ids must fit the uint16 shards, "
+                         f"so at most {MAX_VOCAB:,}")
+
+
+def utf8_text(text):
+    """text as UTF-8 can hold it. A str read from UTF-8 always can; one from elsewhere (JSON's "\\ud800"
+    escapes) may hold lone surrogates, which no UTF-8 text has: each becomes U+FFFD, the replacement
+    character, and a surrogate pair becomes its character. tiktoken's encode does the same."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def train_bpe(texts, vocab_size, pattern="gpt4"):
+    """A BPETokenizer of vocab_size ids, special tokens included, learned from the strings of texts by
+    rustbpe (nanochat's trainer: parallel, and the same merges for any number of threads)."""
+    check_bpe_vocab_size(vocab_size)
+    try:
+        import rustbpe  # only here: sampling and serving need tiktoken alone
+    except ImportError:
+        raise RuntimeError("training a BPE vocabulary needs the rustbpe package: pip install rustbpe") from None
+    trainer = rustbpe.Tokenizer()
+    merged = vocab_size - len(BPE_SPECIAL_TOKENS)  # the 256 bytes and the merges
+    trainer.train_from_iterator(map(utf8_text, texts), merged, pattern=PATTERNS[pattern])
+    ranks = dict(trainer.get_mergeable_ranks())
+    if len(ranks) < merged:
+        # once every piece of the text is one token, no pair is left to merge
+        raise ValueError(f"the text has room for {len(ranks) - 256:,} merges, not the {merged - 256:,} that "
+                         f"--vocab_size {vocab_size} needs: use --vocab_size {len(ranks) + len(BPE_SPECIAL_TOKENS)} "
+                         f"or less, or more text")
+    return BPETokenizer(ranks, pattern)
+
 
 def encode_prompt(tokenizer, text):
     """A prompt's tokens; an empty prompt starts where a document starts. ValueError for characters
@@ -126,10 +218,66 @@ def encode_prompt(tokenizer, text):
 
 
 def get_tokenizer(meta, vocab_file=None):
-    """The tokenizer that made a dataset; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
+    """The tokenizer that made a dataset, from its meta as data.read_meta gives it or a checkpoint
+    carries it; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
     kind = meta["tokenizer"] if meta else "gpt2"
     if kind == "gpt2":
         return GPT2Tokenizer(gpt2_encoding(vocab_file))
     if kind == "char":
         return CharTokenizer(meta["chars"])
-    raise ValueError(f"unknown tokenizer {kind!r} in the dataset's meta.json (expected 'gpt2' or 'char')")
+    if kind == "bpe":
+        try:
+            tokenizer = BPETokenizer(read_ranks(meta["vocab"]), meta["pattern"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"the dataset's BPE vocabulary is damaged ({type(e).__name__}: {e}): "
+                             "prepare it again") from None
+        if tokenizer.vocab_size != meta["vocab_size"]:
+            raise ValueError(f"the dataset's BPE vocabulary has {tokenizer.vocab_size} tokens, but its meta.json says "
+                             f"{meta['vocab_size']}: prepare it again")
+        return tokenizer
+    raise ValueError(f"unknown tokenizer {kind!r} in the dataset's meta.json (expected 'gpt2', 'char' or 'bpe')")
+
+
+# -----------------------------------------------------------------------------
+# the prepare scripts' choice of tokenizer
+
+def add_tokenizer_arguments(parser, kinds, default):
+    """The flags that choose a prepare script's tokenizer: --tokenizer among kinds (of gpt2, char, bpe),
+    --vocab_size and --pattern for a BPE vocabulary trained on the data, --tokenizer_from for the
+    tokenizer of a dataset already made, --vocab_file for GPT-2's ranks."""
+    parser.add_argument("--tokenizer", choices=kinds, help=f"default: {default}")
+    parser.add_argument("--vocab_size", type=int,
+                        help=f"bpe: the vocabulary's size, {MIN_BPE_VOCAB} to {MAX_VOCAB:,}, special tokens included")
+    parser.add_argument("--pattern", choices=list(PATTERNS),
+                        help="bpe: how text is split before BPE, as GPT-4 (the default) or GPT-2 split it")
+    parser.add_argument("--tokenizer_from", metavar="DATA_DIR",
+                        help="the tokenizer of a dataset made before, e.g. the data of the model to fine-tune")
+    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
+    parser.set_defaults(default_tokenizer=default, tokenizer_kinds=kinds)
+
+
+def choose_tokenizer(args):
+    """What add_tokenizer_arguments' flags ask for: (kind, tokenizer), the tokenizer being None for the
+    kinds that are made from the data (char, bpe: the script makes it), ready for the others. A bad
+    combination of flags is a ValueError, raised before any text is read."""
+    if args.tokenizer_from:
+        if args.tokenizer or args.vocab_size is not None or args.pattern:
+            raise ValueError("--tokenizer_from takes another dataset's tokenizer as it is: "
+                             "leave out --tokenizer, --vocab_size and --pattern")
+        meta = read_meta(args.tokenizer_from)
+        if meta is None:
+            raise ValueError(f"--tokenizer_from {args.tokenizer_from}: no {META_FILE} there, so no tokenizer to take")
+        tokenizer = get_tokenizer(meta, args.vocab_file)
+        if tokenizer.kind not in args.tokenizer_kinds:
+            raise ValueError(f"--tokenizer_from {args.tokenizer_from} has a {tokenizer.kind} tokenizer; "
+                             f"this script makes datasets of {', '.join(args.tokenizer_kinds)} tokens")
+        return tokenizer.kind, tokenizer
+    kind = args.tokenizer or args.default_tokenizer
+    if kind != "bpe" and (args.vocab_size is not None or args.pattern):
+        raise ValueError("--vocab_size and --pattern are for --tokenizer bpe")
+    if kind == "bpe":
+        if args.vocab_size is None:
+            raise ValueError(f"--tokenizer bpe needs --vocab_size N, from {MIN_BPE_VOCAB} to {MAX_VOCAB:,}")
+        check_bpe_vocab_size(args.vocab_size)
+        args.pattern = args.pattern or "gpt4"
+    return kind, GPT2Tokenizer(gpt2_encoding(args.vocab_file)) if kind == "gpt2" else None

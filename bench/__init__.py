@@ -6,4 +6,5 @@ Benchmarks: nothing imports them; each measures one job of the repo, from its ro
   python -m bench.serve      serve.py's tokens/s through its HTTP API, 1 to 8 concurrent streams
   python -m bench.hellaswag  HellaSwag examples/s, eager and compiled, by batch size
   python -m bench.prepare    prepare_fineweb.py's tokens/s beside tiktoken's own ceiling
+  python -m bench.tokenizer  learning a BPE vocabulary (seconds, memory); its tokens/s beside GPT-2's
 """

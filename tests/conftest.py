@@ -1,6 +1,7 @@
 """
 What several test files share: a script of the repo run as a user runs it, Tiny Shakespeare
-prepared as a char dataset, tiny models, and a run's checkpoint written as train.py writes one.
+prepared as a char dataset and with a trained BPE vocabulary, tiny models, a run's checkpoint written as train.py writes one, and
+text that tokenizers must give back as it was.
 """
 
 import subprocess
@@ -19,6 +20,15 @@ CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding=
 PYTHON = [sys.executable]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # gloo on CPU
 TINY_MODEL = dict(vocab_size=len(CHARS), block_size=16, n_layer=2, n_head=2, n_embd=32)
+# text for a trained BPE vocabulary to merge across the bytes of multi-byte characters, so that some
+# of its tokens end inside a character
+UNICODE = "naïve café, 日本語の文章と中文，한국어 🙂🎉 👩‍👩‍👧 e\u0301 Ünïcödé — «quotes» 12345 ½ ∑∫ \t\r\n"
+# what a tokenizer must encode and give back: whitespace, controls, scripts, emoji sequences, combining marks
+VARIED_TEXTS = [
+    "", " ", "\n\n\n", "a", "ROMEO:\nWhat light?", "  leading and trailing  ", "\r\n\t\x00\x7f\x1b",
+    UNICODE, "日本語" * 50, "🙂" * 7 + "🏳️‍🌈👨‍👩‍👧‍👦", "a\u0301\u0302\u0303 o\u0308 Z\u0351\u0352\u0353", "\ufeffBOM \u200b\u200d",
+    "1234567890 3.14159 $100,000", "don't I'LL we'VE", "<|endoftext|><|user|>", "\U0010ffff\U000e0001",
+]
 
 
 def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwargs):
@@ -32,6 +42,13 @@ def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwa
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def random_text(rng, n):
+    """n code points of any kind but surrogates: ASCII, any plane, combining marks, emoji."""
+    points = [rng.choice([rng.randrange(0x20, 0x7f), rng.randrange(0, 0xd800), rng.randrange(0xe000, 0x110000),
+                          rng.randrange(0x300, 0x370), rng.randrange(0x1f300, 0x1fa00)]) for _ in range(n)]
+    return "".join(map(chr, points))
 
 
 def tiny_model(seed=0, **config):
@@ -55,4 +72,13 @@ def char_data(tmp_path_factory):
     writes into a dataset (n-gram baselines) copies it first."""
     out = tmp_path_factory.mktemp("shakespeare_char")
     prepare_shakespeare.main(["--out_dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def bpe_data(tmp_path_factory):
+    """Tiny Shakespeare with a 512-token BPE vocabulary learned from its train split, as
+    prepare_shakespeare.py --tokenizer bpe makes it. Shared: copy it before writing into it."""
+    out = tmp_path_factory.mktemp("shakespeare_bpe")
+    prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "512", "--out_dir", str(out)])
     return out

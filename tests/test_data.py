@@ -117,6 +117,23 @@ def test_meta_round_trip_and_absence(tmp_path):
         data.read_meta(tmp_path)
 
 
+def test_a_bpe_vocabulary_is_a_file_that_meta_json_names(tmp_path):
+    """meta["vocab"] (the ranks) goes to its own file and comes back, so that a checkpoint carries it."""
+    meta = {"tokenizer": "bpe", "vocab_size": 263, "pattern": "gpt4", "vocab": "YQ== 0\nYg== 1\n", "train_tokens": 5}
+    data.write_meta(tmp_path, meta)
+    assert json.loads((tmp_path / "meta.json").read_text()) == {
+        "tokenizer": "bpe", "vocab_size": 263, "pattern": "gpt4", "train_tokens": 5, "vocab_file": "vocab.tiktoken"}
+    assert (tmp_path / "vocab.tiktoken").read_text() == meta["vocab"]
+    assert data.read_meta(tmp_path) == {**meta, "vocab_file": "vocab.tiktoken"}
+    data.write_meta(tmp_path, data.read_meta(tmp_path))  # what read_meta gives is written back the same
+    assert data.read_meta(tmp_path) == {**meta, "vocab_file": "vocab.tiktoken"}
+    (tmp_path / "vocab.tiktoken").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        data.read_meta(tmp_path)
+    assert str(e.value) == (f"cannot read {tmp_path / 'vocab.tiktoken'}, the vocabulary that {tmp_path / 'meta.json'} "
+                            f"names: No such file or directory")
+
+
 # -----------------------------------------------------------------------------
 # the loader
 

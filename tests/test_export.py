@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from conftest import CHARS, run, save_run, tiny_model
-from tokenizer import get_tokenizer
+from conftest import CHARS, REPO, UNICODE, run, save_run, tiny_model
+from tokenizer import get_tokenizer, train_bpe
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,6 +36,19 @@ def test_gpt2_export_works_in_a_pipeline_as_it_is(tmp_path):
     # the tokenizer is GPT-2's: the same ids as ours on text with spaces, newlines and non-ASCII
     text = "First Citizen:\n  Before we proceed any further, hear me speak. Café — 你好 🤖"
     assert generator.tokenizer(text)["input_ids"] == get_tokenizer({"tokenizer": "gpt2"}).encode(text)
+
+
+def test_bpe_export_works_in_a_pipeline_as_it_is(tmp_path):
+    bpe = train_bpe([(REPO / "assets" / "tinyshakespeare.txt").read_text()[:300_000], UNICODE * 20], 800)
+    run_dir = make_run(tmp_path / "run", bpe.meta(), vocab_size=800)
+    export = tmp_path / "export"
+    assert "with its bpe tokenizer" in run("export.py", f"--out_dir={run_dir}", f"--to={export}").stdout
+    assert json.loads((export / "config.json").read_text())["eos_token_id"] == bpe.eot_token == 795
+
+    generator = transformers.pipeline("text-generation", model=str(export), device="cpu")
+    text = "ROMEO: 日本 🙂"
+    assert generator.tokenizer(text)["input_ids"] == bpe.encode(text)
+    assert generator(text, do_sample=False, max_new_tokens=24)[0]["generated_text"] == greedy_sample(run_dir, text, 24)
 
 
 def test_char_export_says_how_to_tokenize(tmp_path):

@@ -14,7 +14,7 @@ import hellaswag
 from checkpoint import save_checkpoint
 from conftest import PYTHON, TORCHRUN, run, save_run, tiny_model
 from hf import save_pretrained
-from tokenizer import get_tokenizer
+from tokenizer import get_tokenizer, train_bpe
 
 transformers = pytest.importorskip("transformers")
 
@@ -166,11 +166,14 @@ def test_bad_data_names_file_and_line(tmp_path, text, message):
 def test_bad_arguments_are_one_clear_line(hf_dir, tmp_path):
     save_run(tmp_path, tiny_model(n_layer=1, n_head=1, n_embd=8),
              meta={"tokenizer": "char", "vocab_size": 65, "chars": [chr(i) for i in range(65)]})
+    bpe_run = save_run(tmp_path / "bpe", tiny_model(n_layer=1, n_head=1, n_embd=8, vocab_size=261),
+                       meta=train_bpe(["a vocabulary trained here"], 261).meta())
     (tmp_path / "bad.jsonl").write_text(json.dumps({**GOOD, "label": 7}) + "\n")
     for args, message in [
         ([f"--init_from={hf_dir}", f"--data_file={tmp_path / 'bad.jsonl'}"],
          f"error: {tmp_path / 'bad.jsonl'} line 1: label must be an integer from 0 to 3, got 7"),
         ([f"--out_dir={tmp_path}"], "HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the 'char'"),
+        ([f"--out_dir={bpe_run}"], "HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the 'bpe'"),
         ([f"--init_from={hf_dir}", f"--data_file={tmp_path / 'missing.jsonl'}"], "no HellaSwag data at"),
         ([f"--init_from={hf_dir}", "--limit=0"], "limit=0: give a number of examples, at least 1"),
         ([f"--init_from={hf_dir}", "--batch_size=0"], "batch_size=0: it must be at least 1"),

@@ -1,12 +1,14 @@
 import json
 import os
+import random
 
 import pytest
 import torch
 
-from conftest import tiny_model
-from hf import from_pretrained, save_pretrained
+from conftest import REPO, UNICODE, VARIED_TEXTS, random_text, tiny_model
+from hf import from_pretrained, save_bpe_tokenizer, save_pretrained
 from model import GPT, GPTConfig
+from tokenizer import CHAT_TOKENS, train_bpe
 
 transformers = pytest.importorskip("transformers")
 
@@ -98,3 +100,18 @@ def test_export_refuses_a_model_beyond_gpt2(tmp_path):
     with pytest.raises(ValueError, match=r"this model sets rope=True, mlp_act='relu2', so it cannot be exported"):
         save_pretrained(model, str(tmp_path))
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("pattern", ["gpt4", "gpt2"])
+def test_a_trained_vocabulary_encodes_in_transformers_as_ours(tmp_path, pattern):
+    text = (REPO / "assets" / "tinyshakespeare.txt").read_text()[:300_000]
+    bpe = train_bpe([text, UNICODE * 20], 800, pattern)
+    save_bpe_tokenizer(tmp_path, bpe, model_max_length=64)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    rng = random.Random(0)
+    # "<|endoftext|>" in text is that token to transformers, as in GPT-2's tokenizer; never to us
+    for x in [t for t in VARIED_TEXTS if "<|" not in t] + [text[-3000:]] + [random_text(rng, 50) for _ in range(300)]:
+        assert theirs(x)["input_ids"] == bpe.encode(x), x
+        assert theirs.decode(bpe.encode(x)) == x
+    assert theirs.convert_tokens_to_ids(["<|endoftext|>", *CHAT_TOKENS]) == list(range(795, 800))
+    assert (theirs.eos_token, theirs.model_max_length) == ("<|endoftext|>", 64)

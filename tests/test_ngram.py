@@ -190,6 +190,15 @@ def test_script_samples_gpt2_tokens_and_stops_at_endoftext(tmp_path):
     assert result.stdout.endswith("Hello world\n---------------\n")
 
 
+def test_script_on_a_vocabulary_learned_here(bpe_data, tmp_path):
+    data_dir = shutil.copytree(bpe_data, tmp_path / "bpe")
+    result = ngram_py(f"--dataset={data_dir}", "--order=3", "--num_samples=1", "--max_new_tokens=30",
+                      "--start=ROMEO:")
+    train, val = (data.read_shard(next(data_dir.glob(f"*{split}_*.bin"))) for split in ("train", "val"))
+    assert data.read_baselines(data_dir) == {3: pytest.approx(ngram.KneserNey(train, 3, 512).loss(val), rel=1e-12)}
+    assert "vocab_size 512" in result.stdout and "\nROMEO:" in result.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset=/nonexistent/data"], "no dataset at /nonexistent/data"),
     (["--order=0"], "order=0: it must be at least 1"),

@@ -172,6 +172,52 @@ def test_user_errors_are_one_line(sample, tmp_path):
         assert message in str(e.value.code) and "\n" not in str(e.value.code)
 
 
+@pytest.fixture(scope="module")
+def bpe_reference(sample, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("bpe")
+    _run(sample[0], out_dir, "--num_proc", "1", "--tokenizer", "bpe", "--vocab_size", "400")
+    return _files(out_dir)
+
+
+def test_bpe_shards_are_the_same_for_any_number_of_processes(sample, bpe_reference, tmp_path):
+    _run(sample[0], tmp_path, "--num_proc", "2", "--tokenizer", "bpe", "--vocab_size", "400")
+    assert _files(tmp_path) == bpe_reference
+    meta = data.read_meta(tmp_path)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["documents"]) == ("bpe", 400, 500)
+    bpe = tokenizer.get_tokenizer(meta)
+    stream = np.concatenate([[bpe.eot_token] + bpe.encode(t) for t in sample[1]])
+    np.testing.assert_array_equal(_tokens(tmp_path), stream)
+    # a dataset made with its tokenizer (--tokenizer_from) holds the same shards
+    _run(sample[0], tmp_path / "again", "--num_proc", "2", "--tokenizer_from", str(tmp_path))
+    assert _files(tmp_path / "again") == bpe_reference
+
+
+@pytest.mark.parametrize("guess", [1000, 0.01])  # far too many documents held out, then far too few
+def test_the_vocabulary_never_learns_from_val_documents(sample, tmp_path, monkeypatch, capsys, guess):
+    monkeypatch.setattr(prepare_fineweb, "GUESSED_BYTES_PER_TOKEN", guess)
+    _run(sample[0], tmp_path, "--num_proc", "1", "--tokenizer", "bpe", "--vocab_size", "400")
+    held_out = int(capsys.readouterr().out.split("documents after the first ")[1].split()[0])
+    bpe = tokenizer.get_tokenizer(data.read_meta(tmp_path))
+    val_documents = np.count_nonzero(data.read_shard(tmp_path / "fineweb_val_000000.bin") == bpe.eot_token)
+    assert 1 < val_documents <= held_out < 100
+    learned = tokenizer.train_bpe(sample[1][held_out:], 400)
+    assert bpe.enc._mergeable_ranks == learned.enc._mergeable_ranks
+
+
+def test_bpe_errors_are_one_line(sample, tmp_path):
+    for argv, message in [
+        (["--tokenizer", "bpe", "--vocab_size", "70000"], "--vocab_size 70000 is too large"),
+        (["--tokenizer", "bpe", "--vocab_size", "400", "--shard_size", "10000000"],
+         "the val shard (the first 10,000,000 tokens) takes every document, which leaves none to learn a vocabulary "
+         "from: lower --shard_size"),
+        (["--tokenizer_from", str(tmp_path)], f"--tokenizer_from {tmp_path}: no meta.json there"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            prepare_fineweb.main(["--data_files", *sample[0], "--out_dir", str(tmp_path / "out"), "--num_proc", "1",
+                                  *argv])
+        assert message in str(e.value.code) and "\n" not in str(e.value.code)
+
+
 def test_spawned_workers(sample, reference, tmp_path):
     # macOS and Windows start workers by spawning: they must import, not inherit, what they run
     script = tmp_path / "run.py"

@@ -45,14 +45,49 @@ def test_gpt2(tmp_path):
     assert train + val == shipped_text()
 
 
+def test_bpe_learned_from_the_train_split(tmp_path):
+    prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "512", "--out_dir", str(tmp_path)])
+    meta, train, val = _decoded(tmp_path)
+    text = shipped_text()
+    assert train + val == text
+    assert (meta["tokenizer"], meta["vocab_size"], meta["pattern"], meta["vocab_file"]) == ("bpe", 512, "gpt4",
+                                                                                            "vocab.tiktoken")
+    assert meta["train_tokens"] < 1_003_854 / 2  # fewer tokens than characters, by far
+    # the vocabulary is the one learned from the first 90% of the text, not a character of val
+    learned = tokenizer.train_bpe([text[:1_003_854]], 512)
+    assert tokenizer.get_tokenizer(meta).enc._mergeable_ranks == learned.enc._mergeable_ranks
+    assert tokenizer.train_bpe([text], 512).enc._mergeable_ranks != learned.enc._mergeable_ranks
+
+
+def test_a_dataset_made_with_the_tokenizer_of_another(tmp_path):
+    base = tmp_path / "base"
+    prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "300", "--pattern", "gpt2", "--out_dir", str(base)])
+    mine = tmp_path / "mine.txt"
+    mine.write_text("Fine-tuning text, with characters Shakespeare never wrote: 日本語 🙂\n" * 10)
+    prepare_shakespeare.main(["--input", str(mine), "--tokenizer_from", str(base), "--out_dir", str(tmp_path / "ft")])
+    meta, train, val = _decoded(tmp_path / "ft")
+    assert train + val == mine.read_text()
+    assert (meta["vocab_size"], meta["pattern"]) == (300, "gpt2")
+    assert (tmp_path / "ft" / "vocab.tiktoken").read_bytes() == (base / "vocab.tiktoken").read_bytes()
+
+    # a char vocabulary taken over cannot encode characters it never saw
+    prepare_shakespeare.main(["--out_dir", str(tmp_path / "chars")])
+    with pytest.raises(SystemExit) as e:
+        prepare_shakespeare.main(["--input", str(mine), "--tokenizer_from", str(tmp_path / "chars"),
+                                  "--out_dir", str(tmp_path / "ft_chars")])
+    assert str(e.value.code).startswith("error: characters not in the vocabulary: '")
+
+
 def test_default_out_dirs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small = tmp_path / "small.txt"
     small.write_text("to be or not to be\n" * 20)
     prepare_shakespeare.main(["--input", str(small)])
     prepare_shakespeare.main(["--input", str(small), "--tokenizer", "gpt2"])
+    prepare_shakespeare.main(["--input", str(small), "--tokenizer", "bpe", "--vocab_size", "266"])
     assert data.read_meta(tmp_path / "data" / "shakespeare_char")["vocab_size"] == len(set(small.read_text()))
     assert data.read_meta(tmp_path / "data" / "shakespeare")["tokenizer"] == "gpt2"
+    assert data.read_meta(tmp_path / "data" / "shakespeare_bpe266")["tokenizer"] == "bpe"
 
 
 @pytest.mark.parametrize("setup, args, message", [
@@ -60,6 +95,18 @@ def test_default_out_dirs(tmp_path, monkeypatch):
     ("latin1.txt", ["--input", "latin1.txt"], "error: latin1.txt is not UTF-8 text (byte 3): give a text file"),
     ("short.txt", ["--input", "short.txt"], "error: the text has 10 characters: too little to split"),
     ("a_file", ["--out_dir", "a_file"], "error: --out_dir a_file is a file, not a directory"),
+    (None, ["--tokenizer", "bpe"], "error: --tokenizer bpe needs --vocab_size N, from 261 to 65,536"),
+    (None, ["--tokenizer", "bpe", "--vocab_size", "256"],
+     "error: --vocab_size 256 is too small: a byte-level BPE vocabulary has the 256 bytes and 5 special tokens, "
+     "so at least 261"),
+    (None, ["--tokenizer", "bpe", "--vocab_size", "65537"], "error: --vocab_size 65537 is too large: token ids must "
+                                                           "fit the uint16 shards, so at most 65,536"),
+    (None, ["--tokenizer", "bpe", "--vocab_size", "65536"], "error: the text has room for 20,"),
+    (None, ["--vocab_size", "512"], "error: --vocab_size and --pattern are for --tokenizer bpe"),
+    (None, ["--tokenizer", "gpt2", "--pattern", "gpt2"], "error: --vocab_size and --pattern are for --tokenizer bpe"),
+    (None, ["--tokenizer_from", "data/x"], "error: --tokenizer_from data/x: no meta.json there"),
+    ("a_file", ["--tokenizer_from", ".", "--tokenizer", "bpe"], "error: --tokenizer_from takes another dataset's "
+                                                                "tokenizer as it is: leave out --tokenizer"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, monkeypatch, setup, args, message):
     monkeypatch.chdir(tmp_path)
@@ -68,7 +115,8 @@ def test_bad_input_is_a_one_line_error(tmp_path, monkeypatch, setup, args, messa
         (tmp_path / setup).write_bytes(files[setup])
     with pytest.raises(SystemExit) as e:
         prepare_shakespeare.main(args)
-    assert str(e.value.code).startswith(message)
+    assert str(e.value.code).startswith(message) and "\n" not in str(e.value.code)
+    assert not (tmp_path / "data").exists()
 
 
 class _Response(io.BytesIO):

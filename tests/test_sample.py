@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
+from checkpoint import load_model, save_checkpoint
 from conftest import run
+from generation import generate
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
@@ -39,6 +40,27 @@ def test_samples_from_a_training_run(trained, tmp_path):
     again = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50", "--seed=7",
                    "--kv_cache=False", "--checkpoint=best.pt")
     assert again.stdout == result.stdout
+
+
+def test_a_vocabulary_learned_here_from_prepare_to_sample(bpe_data, tmp_path):
+    """prepare_shakespeare.py --tokenizer bpe, train.py, sample.py: the text streams in whole characters,
+    and the checkpoint carries the vocabulary, so sampling needs no data directory."""
+    data_dir, out = shutil.copytree(bpe_data, tmp_path / "data"), tmp_path / "out"
+    run("train.py", f"--dataset={data_dir}", f"--out_dir={out}", "--device=cpu", "--compile=False", "--n_layer=1",
+        "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--max_iters=20", "--eval_interval=10",
+        "--eval_iters=2", "--learning_rate=1e-2")
+    run("plot.py", out, f"--out={tmp_path / 'curves.png'}")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    shutil.rmtree(data_dir)
+    prompt = "ROMEO: café 日本"  # bytes the vocabulary never merged: a character over several tokens
+    result = sample(f"--out_dir={out}", f"--start={prompt}", "--temperature=0", "--num_samples=1",
+                    "--max_new_tokens=40")
+    model, tokenizer, _ = load_model("resume", str(out))
+    assert tokenizer.kind == "bpe" and tokenizer.vocab_size == 512
+    tokens = [t.item() for t in generate(model.eval(), torch.tensor([tokenizer.encode(prompt)]), 40, temperature=0,
+                                         stop_token=tokenizer.eot_token, vocab_limit=512)]
+    tokens = tokens[:tokens.index(tokenizer.eot_token)] if tokenizer.eot_token in tokens else tokens
+    assert result.stdout == prompt + tokenizer.decode(tokens) + "\n---------------\n"
 
 
 def test_without_out_dir_it_samples_the_newest_run_here(trained, tmp_path):

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 import serve
 from checkpoint import load_model
-from conftest import CHARS, REPO, run, save_run, tiny_model
+from conftest import CHARS, REPO, UNICODE, run, save_run, tiny_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer
+from tokenizer import get_tokenizer, train_bpe
 
 LONG = 100_000  # max_tokens of requests that only a disconnect or Stop ends
 
@@ -185,6 +185,21 @@ def test_gpt2_tokenizer_greedy_equals_sample_py(tmp_path):
             model.lm_head.weight[50256] = 1.0
         got = complete(client, prompt="", max_tokens=20, temperature=0)["choices"][0]
         assert (got["text"], got["finish_reason"]) == ("", "stop")
+
+
+def test_a_vocabulary_learned_here_greedy_equals_sample_py(tmp_path):
+    bpe = train_bpe([UNICODE * 20], 300)  # merges within multi-byte characters
+    run_dir = save_run(tmp_path / "out-bpe", tiny_model(n_layer=1, vocab_size=300), bpe.meta())
+    prompt = "naïve 日本"
+    want = sample_py(f"--out_dir={run_dir}", f"--start={prompt}", "--temperature=0", "--num_samples=1",
+                     "--max_new_tokens=30")
+    with TestClient(app_for("resume", run_dir)[0]) as client:
+        assert client.get("/v1/models").json()["data"][0]["tokenizer"] == "bpe (300)"
+        got = complete(client, prompt=prompt, max_tokens=30, temperature=0)
+        assert [prompt + got["choices"][0]["text"]] == want
+        assert got["usage"]["prompt_tokens"] == len(bpe.encode(prompt))
+        chunks = stream(client, prompt=prompt, max_tokens=30, temperature=0)
+        assert prompt + "".join(c["choices"][0]["text"] for c in chunks) == want[0]
 
 
 @pytest.mark.parametrize("body, status, message", [

@@ -1,7 +1,10 @@
+import random
+
 import pytest
 import tiktoken
 
 import tokenizer
+from conftest import REPO, UNICODE, VARIED_TEXTS, random_text
 
 
 def test_offline_gpt2_tokenizer():
@@ -87,3 +90,94 @@ def test_units_per_token_count_the_text_a_token_stands_for():
     assert units[gpt2.eot_token] == 0 and len(units) == gpt2.vocab_size
     chars = tokenizer.get_tokenizer({"tokenizer": "char", "vocab_size": 3, "chars": ["a", "é", "\n"]})
     assert chars.unit == "character" and list(chars.units_per_token()) == [1, 1, 1]
+
+
+# -----------------------------------------------------------------------------
+# a byte-level BPE vocabulary trained here
+
+SHAKESPEARE = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+
+
+@pytest.fixture(scope="module", params=["gpt4", "gpt2"])
+def bpe(request):
+    return tokenizer.train_bpe([SHAKESPEARE[:200_000], UNICODE * 20], 700, request.param)
+
+
+def test_bpe_decodes_any_unicode_to_what_was_encoded(bpe):
+    rng = random.Random(0)
+    for text in VARIED_TEXTS + [random_text(rng, rng.randrange(1, 60)) for _ in range(300)]:
+        tokens = bpe.encode(text)
+        assert bpe.decode(tokens) == text
+        assert all(0 <= t < bpe.eot_token for t in tokens)  # user text never becomes a special token
+    # the vocabulary learned from the text: fewer tokens than bytes
+    assert len(bpe.encode(SHAKESPEARE[:10_000])) < 10_000 / 2
+
+
+def test_bpe_lone_surrogates_are_replacement_characters(bpe):
+    # no UTF-8 text holds a lone surrogate (JSON's "\ud800" escapes make them): each encodes as U+FFFD
+    assert bpe.encode("a\ud800b\udfffc") == bpe.encode("a\ufffdb\ufffdc")
+    assert bpe.decode(bpe.encode("a\ud800b")) == "a\ufffdb"
+    assert bpe.encode("\ud83d\ude42") == bpe.encode("🙂")  # a surrogate pair written out is its character
+    assert tokenizer.utf8_text("x\ud800") == "x\ufffd" and tokenizer.utf8_text("ok é") == "ok é"
+    # and text to learn from may hold them too
+    assert tokenizer.train_bpe(["a\ud800b xab yab zab"], 262).encode("ab") == [256]
+
+
+def test_bpe_ids_are_bytes_merges_then_the_special_tokens(bpe):
+    assert bpe.vocab_size == 700 and bpe.kind == "bpe"
+    assert [bpe.encode(chr(b)) for b in range(128)] == [[b] for b in range(128)]  # byte b is id b
+    assert bpe.enc.decode_single_token_bytes(256) in SHAKESPEARE.encode()  # the first merge is the most frequent pair
+    specials = ["<|endoftext|>", *tokenizer.CHAT_TOKENS]
+    assert [bpe.enc.encode_single_token(t) for t in specials] == list(range(695, 700))
+    assert bpe.eot_token == 695
+
+
+def test_bpe_units_are_bytes_and_its_special_tokens_none(bpe):
+    units = bpe.units_per_token()
+    for text in VARIED_TEXTS:
+        assert units[bpe.encode(text)].sum() == len(tokenizer.utf8_text(text).encode("utf-8"))
+    assert bpe.unit == "byte" and list(units[695:]) == [0] * 5 and units[:256].tolist() == [1] * 256
+
+
+def test_tiktoken_from_the_ranks_encodes_as_the_trainer(bpe):
+    """We encode with tiktoken (faster than the trainer's own encoder): the same ids."""
+    rustbpe = pytest.importorskip("rustbpe")
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter([SHAKESPEARE[:200_000], UNICODE * 20]), 695, pattern=tokenizer.PATTERNS[bpe.pattern])
+    assert dict(trainer.get_mergeable_ranks()) == bpe.enc._mergeable_ranks
+    rng = random.Random(1)
+    for text in VARIED_TEXTS[:-2] + [SHAKESPEARE[-5000:]] + [random_text(rng, 40) for _ in range(100)]:
+        assert bpe.encode(text) == trainer.encode(text)
+
+
+def test_bpe_streaming_keeps_multibyte_characters_whole(bpe):
+    text = "ROMEO: 日本語 🙂 naïve"
+    tokens = bpe.encode(text)
+    assert any("\ufffd" in bpe.decode([t]) for t in tokens)  # some token ends inside a character
+    decode = bpe.stream_decoder()
+    pieces = [decode(t) for t in tokens]
+    assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
+
+
+def test_bpe_meta_gives_the_same_tokenizer(bpe):
+    meta = bpe.meta()
+    assert (meta["tokenizer"], meta["vocab_size"], meta["pattern"]) == ("bpe", 700, bpe.pattern)
+    again = tokenizer.get_tokenizer(meta)
+    assert again.enc._mergeable_ranks == bpe.enc._mergeable_ranks and again.encode(UNICODE) == bpe.encode(UNICODE)
+    with pytest.raises(ValueError, match="says 701: prepare it again"):
+        tokenizer.get_tokenizer({**meta, "vocab_size": 701})
+    with pytest.raises(ValueError, match="damaged"):
+        tokenizer.get_tokenizer({**meta, "vocab": meta["vocab"].replace("IA==", "I*==")})
+
+
+@pytest.mark.parametrize("vocab_size, message", [
+    (260, "--vocab_size 260 is too small: a byte-level BPE vocabulary has the 256 bytes and 5 special tokens, "
+          "so at least 261"),
+    (65537, "--vocab_size 65537 is too large: token ids must fit the uint16 shards, so at most 65,536"),
+    (300, "the text has room for 3 merges, not the 39 that --vocab_size 300 needs: use --vocab_size 264 or less"),
+])
+def test_bpe_vocab_sizes_that_cannot_be(vocab_size, message):
+    with pytest.raises(ValueError) as e:
+        tokenizer.train_bpe(["ab ab ab abc"], vocab_size)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert tokenizer.train_bpe(["ab"], 261).vocab_size == 261  # the bytes alone
