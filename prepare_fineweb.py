@@ -25,11 +25,13 @@ the rest is written anew, so the result is that of an uninterrupted run.
 """
 
 import argparse
+import collections
 import contextlib
 import itertools
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,6 +196,11 @@ def prepare(args):
     t0 = time.time()
     workers = (mp.Pool(args.num_proc, _init_worker, (meta, args.vocab_file)) if args.num_proc > 1
                else contextlib.nullcontext())
+    # Past max_tokens the workers get no more documents, and what they were given is let finish: a
+    # pool terminated with documents still on their way could hang, its thread that hands them out
+    # blocked writing a large task into a pipe that no worker reads any more (seen under load).
+    enough = threading.Event()
+    batches = itertools.takewhile(lambda _: not enough.is_set(), batches)
     with workers as pool, tqdm(total=args.max_tokens, unit="tok", unit_scale=True, desc="tokenizing") as bar:
         if pool:
             # imap keeps the documents' order. It reads ahead only as far as the pipe to the workers
@@ -219,6 +226,8 @@ def prepare(args):
                     index += 1
                     fill = 0
             if args.max_tokens and total >= args.max_tokens:
+                enough.set()
+                collections.deque(stream, maxlen=0)  # the documents already given out
                 break
     if fill:
         save_shard(out_dir, index, shard[:fill], finished)
