@@ -25,11 +25,11 @@ the rest is written anew, so the result is that of an uninterrupted run.
 """
 
 import argparse
-import collections
 import contextlib
 import itertools
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -54,12 +54,31 @@ def _init_worker(meta, vocab_file):
     _tokenizer = get_tokenizer(meta, vocab_file)
 
 
+def _init_pool_worker(meta, vocab_file):
+    # Ctrl-C reaches every process of the terminal's group: the main process stops handing out
+    # documents and waits for the ones already given, so the workers must not die of it first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(meta, vocab_file)
+
+
 def _tokenize(texts):
     tokens = []
     for text in texts:
         tokens.append(_tokenizer.eot_token)
         tokens.extend(_tokenizer.encode(text))
     return np.array(tokens, dtype=np.uint16)
+
+
+def wait_out(results):
+    """Take the results still to come from the documents already handed to the workers; they are not
+    used, nor are their errors."""
+    while True:
+        try:
+            next(results)
+        except StopIteration:
+            return
+        except Exception:
+            continue
 
 
 def open_batches(args):
@@ -194,41 +213,45 @@ def prepare(args):
     shard = np.empty(args.shard_size, dtype=np.uint16)  # the one buffer: memory is bounded by the shard size
     fill = index = total = docs = 0
     t0 = time.time()
-    workers = (mp.Pool(args.num_proc, _init_worker, (meta, args.vocab_file)) if args.num_proc > 1
+    workers = (mp.Pool(args.num_proc, _init_pool_worker, (meta, args.vocab_file)) if args.num_proc > 1
                else contextlib.nullcontext())
-    # Past max_tokens the workers get no more documents, and what they were given is let finish: a
-    # pool terminated with documents still on their way could hang, its thread that hands them out
-    # blocked writing a large task into a pipe that no worker reads any more (seen under load).
+    # Once this loop ends early (max_tokens reached, or an error) the workers get no more documents,
+    # and what they were given is let finish: a pool ended with documents still on their way can hang,
+    # its thread that hands them out blocked writing into a pipe that no worker reads (seen under load).
     enough = threading.Event()
     batches = itertools.takewhile(lambda _: not enough.is_set(), batches)
     with workers as pool, tqdm(total=args.max_tokens, unit="tok", unit_scale=True, desc="tokenizing") as bar:
         if pool:
-            # imap keeps the documents' order. It reads ahead only as far as the pipe to the workers
-            # holds, and this loop takes results faster than they come, so memory does not grow.
+            # imap keeps the documents' order; memory stays bounded by the pipe to the workers
             stream = pool.imap(_tokenize, batches)
         else:
             _init_worker(meta, args.vocab_file)
             stream = map(_tokenize, batches)
-        for tokens in stream:
-            if args.max_tokens:
-                tokens = tokens[:args.max_tokens - total]
-            docs += int(np.count_nonzero(tokens == tokenizer.eot_token))  # one a document, and text never encodes to it
-            total += len(tokens)
-            bar.update(len(tokens))
-            bar.set_postfix(docs=docs, refresh=False)
-            while len(tokens):
-                take = min(len(tokens), args.shard_size - fill)
-                shard[fill:fill + take] = tokens[:take]
-                fill += take
-                tokens = tokens[take:]
-                if fill == args.shard_size:
-                    save_shard(out_dir, index, shard, finished)
-                    index += 1
-                    fill = 0
-            if args.max_tokens and total >= args.max_tokens:
-                enough.set()
-                collections.deque(stream, maxlen=0)  # the documents already given out
-                break
+        try:
+            for tokens in stream:
+                if args.max_tokens:
+                    tokens = tokens[:args.max_tokens - total]
+                docs += int(np.count_nonzero(tokens == tokenizer.eot_token))  # one a document: text never encodes to it
+                total += len(tokens)
+                bar.update(len(tokens))
+                bar.set_postfix(docs=docs, refresh=False)
+                while len(tokens):
+                    take = min(len(tokens), args.shard_size - fill)
+                    shard[fill:fill + take] = tokens[:take]
+                    fill += take
+                    tokens = tokens[take:]
+                    if fill == args.shard_size:
+                        save_shard(out_dir, index, shard, finished)
+                        index += 1
+                        fill = 0
+                if args.max_tokens and total >= args.max_tokens:
+                    break
+        except BaseException:  # KeyboardInterrupt too: the workers ignore Ctrl-C, this process decides
+            enough.set()
+            wait_out(stream)
+            raise
+        enough.set()
+        wait_out(stream)
     if fill:
         save_shard(out_dir, index, shard[:fill], finished)
         index += 1

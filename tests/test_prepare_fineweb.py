@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +235,24 @@ def test_spawned_workers(sample, reference, tmp_path):
                     "--shard_size", str(SHARD), "--num_proc", "2"],
                    check=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True)
     assert _files(out_dir) == reference
+
+
+def test_ctrl_c_ends_the_run_at_once_and_keeps_what_is_whole(sample, tmp_path):
+    # Ctrl-C reaches the whole process group. The run must end soon, with an error, no meta.json and only
+    # whole shards: the workers ignore the signal, so the documents on their way still come back and the
+    # main process, which waits for them, is not left waiting on a worker that died.
+    texts = sample[1] * 40  # 880k tokens: still tokenizing when the signal comes
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(Path(prepare_fineweb.__file__)), "--data_files", str(source),
+                             "--out_dir", str(out_dir), "--shard_size", str(SHARD), "--num_proc", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list(out_dir.glob("*_train_*.bin"))) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)  # no hang
+    assert proc.returncode != 0 and not (out_dir / "meta.json").exists()
+    assert all(data.shard_length(p) == SHARD for p in out_dir.glob("*.bin"))  # only whole shards
