@@ -45,6 +45,8 @@ PREPARE_COMMANDS = {
     "shakespeare_char": "python prepare_shakespeare.py",
     "shakespeare": "python prepare_shakespeare.py --tokenizer gpt2",
     "fineweb_edu": "python prepare_fineweb.py",
+    "shakespeare_chat": "python prepare_chat.py --shakespeare --tokenizer=shakespeare_char --block_size=64",
+    "smoltalk": "python prepare_chat.py --dataset HuggingFaceTB/smol-smoltalk --out_dir data/smoltalk",
 }
 
 
