@@ -11,14 +11,17 @@ import pytest
 import torch
 
 import prepare_shakespeare
-from checkpoint import save_checkpoint
+from checkpoint import load_model, save_checkpoint
+from generation import generate
 from model import GPT, GPTConfig
+from tokenizer import END, render_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))  # the char vocabulary
 PYTHON = [sys.executable]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # gloo on CPU
 TINY_MODEL = dict(vocab_size=len(CHARS), block_size=16, n_layer=2, n_head=2, n_embd=32)
+CHAT_META = {"tokenizer": "char", "chars": CHARS, "chat": True, "vocab_size": len(CHARS) + 4}  # a char chat model's
 
 
 def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwargs):
@@ -56,3 +59,15 @@ def char_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("shakespeare_char")
     prepare_shakespeare.main(["--out_dir", str(out)])
     return out
+
+
+def chat_reply(out_dir, messages, max_tokens, temperature=0.0, top_k=None, top_p=1.0, seed=None):
+    """The text of the reply that generation.generate gives to messages with out_dir's model, alone:
+    what chat.py and serve.py must give."""
+    model, tokenizer, _ = load_model("resume", str(out_dir))
+    prompt = torch.tensor([render_prompt(tokenizer, messages)])
+    end = tokenizer.chat_tokens[END]
+    tokens = [t.item() for t in generate(model.eval(), prompt, max_tokens, temperature, top_k, top_p, end, seed,
+                                         vocab_limit=tokenizer.vocab_size)]
+    decode = tokenizer.stream_decoder(skip_special=True)  # a reply's text has no special tokens
+    return "".join(decode(t) for t in [*tokens, None])
