@@ -180,6 +180,24 @@ def render_conversation(tokenizer, messages):
     return tokens, mask
 
 
+# The same template for transformers' apply_chat_template (export.py writes it into a chat model's
+# tokenizer files). Its special tokens are literals, so that apply_chat_template(...,
+# sanitize_control_tokens=True) keeps their spellings in messages as text, as render_conversation
+# does; {% generation %} marks what the loss counts (return_assistant_tokens_mask=True).
+CHAT_TEMPLATE = (
+    "{{ bos_token or '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}<|end|>"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}<|end|>"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{% generation %}{{ message['content'] }}<|end|>"
+    "{% endgeneration %}"
+    "{% else %}{{ raise_exception('a role must be system, user or assistant, not ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
 def render_prompt(tokenizer, messages):
     """The tokens that ask for the assistant's next turn: the conversation, then <|assistant|>.
     Generation ends at <|end|>."""
