@@ -81,12 +81,14 @@ def fit_context(messages):
 
 
 def answer(messages):
-    """Print the assistant's answer to messages as it is generated; returns its text."""
+    """Print the assistant's answer to messages as it is generated; returns its text. The n-th answer
+    of a conversation draws with seed + n - 1: one seed for all would start every answer alike."""
+    turn = sum(m["role"] == "user" for m in messages) - 1
     idx = torch.tensor([render_prompt(tokenizer, fit_context(messages))], dtype=torch.long, device=device)
     decode, pieces = tokenizer.stream_decoder(skip_special=True), []
     t0, n = time.perf_counter(), 0
     with autocast:
-        for token in generate(model, idx, max_new_tokens, temperature, top_k, top_p, end, seed, kv_cache,
+        for token in generate(model, idx, max_new_tokens, temperature, top_k, top_p, end, seed + turn, kv_cache,
                               vocab_limit=tokenizer.vocab_size):
             n += 1
             if token.item() == end:

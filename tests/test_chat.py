@@ -1,8 +1,12 @@
-"""chat.py as users run it: a conversation through stdin, one message with --prompt, and its errors."""
+"""chat.py as users run it: a conversation through stdin, one message with --prompt, and its errors;
+and README's chat commands, as written."""
+
+import shlex
 
 import pytest
+import torch
 
-from conftest import CHARS, CHAT_META, chat_reply, run, save_run, tiny_model
+from conftest import CHARS, CHAT_META, REPO, chat_reply, run, save_run, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +59,25 @@ def test_errors_are_one_line(chat_run, tmp_path):
         result = chat_py(*args, check=False)
         assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
         assert result.stderr.count("\n") == 1
+
+
+def readme_block(name):
+    """The lines of README's ```bash block after its "<!-- name:" marker, as .ci/run reads them."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"<!-- {name}:"))
+    assert lines[start + 1] == "```bash"
+    return lines[start + 2:lines.index("```", start + 2)]
+
+
+def test_readme_chat_commands_run_as_written(tmp_path):
+    """The quick start, then README's chat block, in a directory as a user's clone has it; training
+    shortened by flags."""
+    (tmp_path / "config").symlink_to(REPO / "config")
+    commands = [shlex.split(line, comments=True) for line in readme_block("quickstart") + readme_block("chat")]
+    for _, script, *args in (c for c in commands if c[0] == "python"):
+        if script == "train.py":
+            args += ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"]
+        result = run(script, *args, cwd=tmp_path)
+    assert result.stdout.endswith("\n")  # chat.py's answer
+    ckpt = torch.load(tmp_path / "out-shakespeare-chat" / "ckpt.pt", weights_only=True)
+    assert ckpt["meta"]["chat"] and ckpt["config"]["init_from"] == "out-shakespeare-char-cpu"
