@@ -544,16 +544,18 @@ while True:
     for group in opt.param_groups:
         group["lr"] = group["initial_lr"] * lr / learning_rate
     t0 = time.perf_counter()
-    loss_sum, units_sum = torch.zeros((), device=run_device), torch.zeros((), device=run_device)
+    loss_sum, nats_sum, units_sum = (torch.zeros((), device=run_device) for _ in range(3))
     for micro_step in range(accum_steps):
         x, y = train_loader.next_batch()
-        units_sum += units[y].sum()
+        counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
+        units_sum += (units[y.clamp(min=0)] * counted).sum()
         # DDP all-reduces gradients in backward; only the last micro-step needs it
         sync = not ddp or micro_step == accum_steps - 1
         with nullcontext() if sync else model.no_sync():
             with autocast:
                 _, loss = model(x, y)
             loss_sum += loss.detach()
+            nats_sum += loss.detach() * counted.sum()  # loss is the mean over the counted targets
             scaler.scale(loss / accum_steps).backward()
     grad_norm = None
     if grad_clip > 0:
@@ -562,13 +564,14 @@ while True:
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    # one small all-reduce a step: the mean loss over micro-steps and ranks, the text it covered, and
-    # whether any rank must stop
-    stats = torch.stack([loss_sum / accum_steps, units_sum,
+    # one small all-reduce a step: the mean loss over micro-steps and ranks, its nats and the text they
+    # cover, and whether any rank must stop
+    stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,
                          torch.tensor(float(stop_signal is not None), device=run_device)])
     if ddp:
         dist.all_reduce(stats)
-    train_loss, train_units, stop = stats[0].item() / world_size, stats[1].item(), stats[2].item() > 0
+    train_loss, train_nats, train_units = stats[0].item() / world_size, stats[1].item(), stats[2].item()
+    stop = stats[3].item() > 0
     dt = time.perf_counter() - t0
     if not math.isfinite(train_loss):
         fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept "
@@ -584,7 +587,7 @@ while True:
     if iter_num % log_interval == 0:
         mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
         record = {"iter": iter_num, "train_loss": train_loss,
-                  "train_bits": train_loss * tokens_per_iter / train_units / math.log(2), "lr": lr,
+                  "train_bits": train_nats / train_units / math.log(2) if train_units else None, "lr": lr,
                   "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
                   "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
         log(record)
