@@ -8,6 +8,10 @@ either way: a header of 256 little-endian int32 (header[0] = 20240520, header[1]
 uint16 tokens, header[2] = the token count, the rest zero) followed by the tokens as
 little-endian uint16. A dataset directory holds shards named *{split}_*.bin and, when made
 here, a meta.json that names the tokenizer.
+
+A chat dataset (prepare_chat.py) has two NumPy arrays beside each shard, which load without
+pickle: NAME.mask.npy, a uint8 per token, 1 where the loss counts the token (the assistant's
+text and the end of its turns), and NAME.starts.npy, the offsets at which conversations start.
 """
 
 import json
@@ -42,6 +46,8 @@ PREPARE_COMMANDS = {
     "shakespeare_char": "python prepare_shakespeare.py",
     "shakespeare": "python prepare_shakespeare.py --tokenizer gpt2",
     "fineweb_edu": "python prepare_fineweb.py",
+    "shakespeare_chat": "python prepare_chat.py --shakespeare --tokenizer_from data/shakespeare_char --block_size=64",
+    "smoltalk": "python prepare_chat.py --dataset HuggingFaceTB/smol-smoltalk --out_dir data/smoltalk",
 }
 
 
@@ -84,6 +90,34 @@ def write_shard(path, tokens):
             np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tofile(f)
 
     write_atomically(path, write)
+
+
+def mask_path(shard):
+    return Path(shard).with_suffix(".mask.npy")
+
+
+def starts_path(shard):
+    return Path(shard).with_suffix(".starts.npy")
+
+
+def write_array(path, array):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    write_atomically(path, write)
+
+
+def read_array(path, dtype, length=None):
+    """An array that write_array wrote, memory-mapped; ValueError if it is not of dtype (and length)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a NumPy array file ({e})") from None
+    if array.dtype != dtype or array.ndim != 1 or length is not None and len(array) != length:
+        raise ValueError(f"{path}: expected {length if length is not None else 'a list of'} {np.dtype(dtype)}, "
+                         f"got {array.dtype} of shape {array.shape}: prepare the dataset again")
+    return array
 
 
 def shard_length(path):
@@ -184,23 +218,27 @@ def record_baseline(data_dir, order, val_loss, val_bits):
 
 def whole_split_batches(data_dir, split, batch_size, block_size, rank=0, world_size=1):
     """Batches (x, y) of up to batch_size rows of block_size int64 tokens in which every token of
-    the split is a target once, but the first of each shard, which has nothing before it; y is -1
-    where a target is not counted (its loss is then 0). A shard is read in non-overlapping windows
-    from its start; the targets left over, fewer than a window, come in one more window that ends
-    at the shard's last token, its targets that earlier windows covered set to -1. A shard shorter
-    than a window is one row, padded at the end. Rank r of world_size takes batches r, r +
-    world_size, ...: summed over the ranks, every target counts once."""
-    windows = []  # (shard, start, targets to skip)
+    the split is a target once, but the first of each segment, which has nothing before it; y is -1
+    where a target is not counted (its loss is then 0). A segment is a shard, or in a chat dataset
+    a conversation, whose targets are those that its shard's mask counts. A segment is read in
+    non-overlapping windows from its start; the targets left over, fewer than a window, come in one
+    more window that ends at the segment's last token, its targets that earlier windows covered set
+    to -1. A segment shorter than a window is one row, padded at the end. Rank r of world_size
+    takes batches r, r + world_size, ...: summed over the ranks, every target counts once."""
+    windows = []  # (shard, start, targets to skip, targets in the row)
     paths = find_shards(data_dir, split)
     for s, path in enumerate(paths):
-        targets = shard_length(path) - 1
-        full = targets // block_size
-        windows += [(s, k * block_size, 0) for k in range(full)]
-        left = targets - full * block_size
-        if left and full:
-            windows.append((s, targets - block_size, block_size - left))
-        elif left:
-            windows.append((s, 0, 0))
+        count = shard_length(path)
+        starts = read_array(starts_path(path), np.int64) if mask_path(path).exists() else [0]
+        for first, end in zip(starts, [*starts[1:], count]):
+            targets = end - first - 1
+            full = targets // block_size
+            windows += [(s, first + k * block_size, 0, block_size) for k in range(full)]
+            left = targets - full * block_size
+            if left and full:
+                windows.append((s, first + targets - block_size, block_size - left, block_size))
+            elif left:
+                windows.append((s, first, 0, left))
     return (window_rows(paths, windows[first:first + batch_size], block_size)
             for first in range(rank * batch_size, len(windows), world_size * batch_size))
 
@@ -208,10 +246,11 @@ def whole_split_batches(data_dir, split, batch_size, block_size, rank=0, world_s
 def window_rows(paths, windows, block_size):
     x = np.zeros((len(windows), block_size), dtype=np.int64)
     y = np.full((len(windows), block_size), -1, dtype=np.int64)
-    for row, (s, start, skip) in enumerate(windows):
-        tokens = read_shard(paths[s])[start:start + block_size + 1]
-        n = len(tokens) - 1
+    for row, (s, start, skip, n) in enumerate(windows):
+        tokens = read_shard(paths[s])[start:start + n + 1]
         x[row, :n], y[row, skip:n] = tokens[:-1], tokens[1 + skip:]
+        if mask_path(paths[s]).exists():  # a chat shard: the targets that its mask counts
+            y[row, :n][read_array(mask_path(paths[s]), np.uint8)[start + 1:start + n + 1] == 0] = -1
     return x, y
 
 
@@ -229,6 +268,10 @@ class ShardLoader:
     'train' rows are random windows, shard chosen in proportion to its windows; any other
     split is read in order, in non-overlapping windows, wrapping around at its end, so that
     evaluation after reset() always sees the same batches.
+
+    A chat dataset's windows are its conversations: each row starts where one starts (and reads on
+    into the next ones), so the assistant's tokens are learned with the whole conversation before
+    them; y is -1 where the mask says that the loss does not count the token.
     """
 
     def __init__(self, data_dir, split, batch_size, block_size, rank=0, world_size=1, seed=1337, device="cpu"):
@@ -241,15 +284,32 @@ class ShardLoader:
         self.random = split == "train"
         paths = find_shards(data_dir, split)
         counts = np.array([shard_length(p) for p in paths])
-        # a row needs T + 1 tokens from one shard; shorter shards cannot give one
-        usable = counts > block_size
+        masked = [mask_path(p).exists() for p in paths]
+        if any(masked) != all(masked):
+            raise ValueError(f"{data_dir}: some {split} shards have a .mask.npy beside them and some do not: "
+                             "prepare the dataset again")
+        self.chat = all(masked)
+        # a row needs T + 1 tokens from one shard
+        if self.chat:
+            starts = [read_array(starts_path(p), np.int64) for p in paths]
+            starts = [s[s + block_size < count] for s, count in zip(starts, counts)]
+            windows = np.array([len(s) for s in starts])
+        else:
+            windows = np.maximum(counts - block_size, 0) if self.random else (counts - 1) // block_size
+        usable = windows > 0
+        if not usable.any() and self.chat:
+            raise ValueError(f"{split} data in {data_dir} has no conversation that starts block_size + 1 = "
+                             f"{block_size + 1} tokens before the end of its shard: give it more conversations")
         if not usable.any():
             raise ValueError(f"{split} data in {data_dir} is shorter than block_size + 1 = {block_size + 1} tokens "
                              f"(its longest shard has {counts.max()})")
         self.paths = [p for p, ok in zip(paths, usable) if ok]
         self.counts = counts[usable]
-        windows = self.counts - block_size if self.random else (self.counts - 1) // block_size
-        self.first_window = np.concatenate([[0], np.cumsum(windows)])  # global number of each shard's first window
+        if self.chat:
+            self.starts = [s for s, ok in zip(starts, usable) if ok]
+            for path, count in zip(self.paths, self.counts):
+                read_array(mask_path(path), np.uint8, count)  # checked here, not found mid-run
+        self.first_window = np.concatenate([[0], np.cumsum(windows[usable])])  # global number of each shard's first
         self.drawn = 0  # batches this rank has drawn
 
     def reset(self):
@@ -284,17 +344,23 @@ class ShardLoader:
         windows = self._windows(i)
         shard = np.searchsorted(self.first_window, windows, side="right") - 1
         start = windows - self.first_window[shard]
-        if not self.random:
+        if self.chat:
+            start = np.array([self.starts[s][w] for s, w in zip(shard, start)])
+        elif not self.random:
             start *= self.T
         rows = np.empty((self.B, self.T + 1), dtype=np.int64)
+        counted = np.ones((self.B, self.T), dtype=bool)
         for s in np.unique(shard):
             # a fresh memmap per batch: pages read for earlier batches are not held on to,
             # so memory stays flat over a long run
             tokens = _map_tokens(self.paths[s], self.counts[s])
+            mask = np.load(mask_path(self.paths[s]), mmap_mode="r") if self.chat else None
             for b in np.flatnonzero(shard == s):
                 rows[b] = tokens[start[b]:start[b] + self.T + 1]
+                if self.chat:
+                    counted[b] = mask[start[b] + 1:start[b] + self.T + 1]
         x = torch.from_numpy(rows[:, :-1].copy())
-        y = torch.from_numpy(rows[:, 1:].copy())
+        y = torch.from_numpy(np.where(counted, rows[:, 1:], -1))
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)

@@ -67,12 +67,14 @@ class SlotCache:
 
 class Job:
     """One prompt with n choices. on_event(choice, token, finish_reason) is called from the engine's
-    thread for every token drawn, finish_reason being None, "stop" (token is stop_token) or "length";
-    or (choice, None, "error") if the step failed."""
+    thread for every token drawn, finish_reason being None, "stop" (token is stop_token: a completion's
+    <|endoftext|>, a chat reply's <|end|>) or "length"; or (choice, None, "error") if the step failed."""
 
-    def __init__(self, prompt, on_event, n=1, max_tokens=16, temperature=1.0, top_k=None, top_p=1.0, seed=None):
+    def __init__(self, prompt, on_event, n=1, max_tokens=16, temperature=1.0, top_k=None, top_p=1.0, seed=None,
+                 stop_token=None):
         self.prompt, self.on_event, self.n, self.max_tokens = list(prompt), on_event, n, max_tokens
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self.stop_token = stop_token
         self.cancelled = set()  # choices to end
         self.engine = None
 
@@ -96,9 +98,8 @@ class Row:
 
 
 class Engine:
-    def __init__(self, model, max_rows=8, stop_token=None, vocab_limit=None, autocast=None):
-        self.model, self.max_rows = model, max_rows
-        self.stop_token, self.vocab_limit = stop_token, vocab_limit
+    def __init__(self, model, max_rows=8, vocab_limit=None, autocast=None):
+        self.model, self.max_rows, self.vocab_limit = model, max_rows, vocab_limit
         self.autocast = autocast or nullcontext()
         self.device = next(model.parameters()).device
         self.block_size = model.config.block_size
@@ -236,7 +237,7 @@ class Engine:
                              row.generator).item()
         row.tokens.append(token)
         row.drawn += 1
-        finish = "stop" if token == self.stop_token else "length" if row.drawn >= r.max_tokens else None
+        finish = "stop" if token == r.stop_token else "length" if row.drawn >= r.max_tokens else None
         if finish:
             if row in self.windowed:
                 self.windowed.remove(row)

@@ -6,10 +6,12 @@ Export a training run's checkpoint as a Hugging Face directory that other tools 
 
 The directory holds config.json and model.safetensors and, for BPE models, the tokenizer files
 (GPT-2's, or tokenizer.json for a vocabulary learned here), so that
-transformers.pipeline("text-generation", model=DIR) works with nothing else. A character-level
-model has no Hugging Face tokenizer: its directory gets char_vocab.json (token id i is character
-i) and a README.md that says how to encode. The export is written beside DIR and renamed into
-place: a failed export leaves DIR as it was.
+transformers.pipeline("text-generation", model=DIR) works with nothing else; a chat model's have
+its chat tokens and chat template, so that the pipeline takes a list of messages and answers as
+serve.py does. A character-level model has no Hugging Face tokenizer: its directory gets
+char_vocab.json (token id i is character i, then a chat model's chat tokens) and a README.md that
+says how to encode. The export is written beside DIR and renamed into place: a failed export
+leaves DIR as it was.
 """
 
 import os
@@ -20,7 +22,7 @@ from atomic import write_json
 from checkpoint import find_run, load_checkpoint, model_from_checkpoint
 from configurator import configure
 from hf import save_bpe_tokenizer, save_gpt2_tokenizer, save_pretrained
-from tokenizer import get_tokenizer
+from tokenizer import END, get_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
@@ -58,19 +60,33 @@ Or sample it where it was trained: `python sample.py --out_dir=RUN`.
 """
 
 
+CHAT_README = """
+## A chat model
+
+The last four entries of `char_vocab.json` are its chat tokens, each one token: a conversation is
+`<|user|>` + the user's text + `<|end|>`, and so on for `<|system|>` and `<|assistant|>`, and the
+model answers what follows `<|assistant|>` until it writes `<|end|>` (eos_token_id in config.json).
+Or chat with it where it was trained: `python chat.py --out_dir=RUN`.
+"""
+
+
 def export(ckpt, directory):
     model = model_from_checkpoint(ckpt)
     tokenizer = get_tokenizer(ckpt["meta"])
-    save_pretrained(model, directory, eos_token_id=tokenizer.eot_token)
+    # generation ends at a chat model's <|end|>, else at <|endoftext|> (none for a char model)
+    end = tokenizer.chat_tokens.get(END, tokenizer.eot_token)
+    save_pretrained(model, directory, eos_token_id=end, bos_token_id=tokenizer.eot_token,
+                    vocab_size=tokenizer.vocab_size)
     if tokenizer.kind == "gpt2":
-        save_gpt2_tokenizer(directory, tokenizer.enc, model.config.block_size)
+        save_gpt2_tokenizer(directory, tokenizer, model.config.block_size)
     elif tokenizer.kind == "bpe":
         save_bpe_tokenizer(directory, tokenizer, model.config.block_size)
     else:
-        write_json(os.path.join(directory, "char_vocab.json"), tokenizer.chars)
+        write_json(os.path.join(directory, "char_vocab.json"), tokenizer.texts)
         with open(os.path.join(directory, "README.md"), "w") as f:
-            f.write(CHAR_README.replace("DIR", os.path.basename(os.path.normpath(to))))
-    return tokenizer.kind
+            readme = CHAR_README + (CHAT_README if tokenizer.chat_tokens else "")
+            f.write(readme.replace("DIR", os.path.basename(os.path.normpath(to))))
+    return tokenizer
 
 
 if not to:
@@ -88,7 +104,7 @@ except (OSError, ValueError) as e:
 tmp, old = os.path.normpath(to) + ".tmp", os.path.normpath(to) + ".old"
 shutil.rmtree(tmp, ignore_errors=True)  # what a killed export left
 try:
-    kind = export(ckpt, tmp)
+    tokenizer = export(ckpt, tmp)
     if os.path.exists(to):
         os.replace(to, old)
     os.replace(tmp, to)
@@ -98,7 +114,8 @@ finally:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
-print(f"exported {out_dir}/{checkpoint} (iter {ckpt['iter_num']}) to {to}/ with its {kind} tokenizer")
-if kind == "char":
+print(f"exported {out_dir}/{checkpoint} (iter {ckpt['iter_num']}) to {to}/ with its {tokenizer.kind} tokenizer"
+      + (" and its chat tokens" if tokenizer.chat_tokens else ""))
+if tokenizer.kind == "char":
     print(f"note: a character-level model: transformers has no tokenizer for it; {to}/README.md says how to "
           f"encode with {to}/char_vocab.json")

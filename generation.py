@@ -145,6 +145,16 @@ def next_logits(model, seq, caches, kv_cache):
     return logits[:, -1, :], None
 
 
+def check_sampling(temperature, top_k, top_p):
+    """ValueError, saying what is wrong, for settings that sample_token cannot draw with."""
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature}: it cannot be negative")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k={top_k}: it must be at least 1 (or None for no limit)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p}: it must lie in (0, 1]")
+
+
 def sample_token(logits, temperature, top_k, top_p, generator):
     """One token per row of logits (B, V). temperature 0 takes the argmax."""
     if temperature == 0:

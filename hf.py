@@ -15,6 +15,7 @@ from tiktoken_ext.openai_public import ENDOFTEXT
 
 from atomic import write_atomically, write_json
 from model import GPT, GPT2_VOCAB_SIZE, PRESETS, GPTConfig
+from tokenizer import CHAT_TEMPLATE, END
 
 
 def from_pretrained(name_or_path, **overrides):
@@ -50,10 +51,14 @@ def from_pretrained(name_or_path, **overrides):
     return model
 
 
-def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1):
+def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1, bos_token_id=GPT2_VOCAB_SIZE - 1,
+                    vocab_size=None):
     """Write a Hugging Face GPT-2 directory (config.json + model.safetensors) that
-    transformers' GPT2LMHeadModel.from_pretrained loads. eos_token_id: the tokenizer's
-    <|endoftext|> (GPT-2 also starts documents with it), or None for a tokenizer without one."""
+    transformers' GPT2LMHeadModel.from_pretrained loads. eos_token_id: where generation stops,
+    GPT-2's <|endoftext|> (a chat model's <|end|>); bos_token_id: the token documents start with,
+    GPT-2's <|endoftext|> too; None for a tokenizer without one. vocab_size: the tokenizer's; the
+    rows past it, which pad the vocabulary to a multiple of 64, are left out, so that no
+    generator can draw an id that no tokenizer knows."""
     from safetensors.torch import save_file
 
     c = model.config
@@ -63,10 +68,11 @@ def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1):
                          + ", ".join(f"{k}={v!r}" for k, v in switches.items()) + ", so it cannot be exported")
     if not c.bias:
         raise ValueError("HF GPT-2 has biases everywhere: a model trained with bias=False cannot be exported")
+    vocab_size = vocab_size or c.vocab_size
     hf_config = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": c.vocab_size,
+        "vocab_size": vocab_size,
         "n_positions": c.block_size,
         "n_embd": c.n_embd,
         "n_layer": c.n_layer,
@@ -78,7 +84,7 @@ def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1):
         "attn_pdrop": c.dropout,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
-        "bos_token_id": eos_token_id,
+        "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "tie_word_embeddings": True,
     }
@@ -88,6 +94,7 @@ def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1):
         for name, p in model.state_dict().items()
         if name != "lm_head.weight"
     }
+    tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocab_size].contiguous()
     # each file goes to a temp name first, so a failed export never leaves a half-written one
     os.makedirs(directory, exist_ok=True)
     write_atomically(os.path.join(directory, "model.safetensors"),
@@ -95,29 +102,41 @@ def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1):
     write_json(os.path.join(directory, "config.json"), hf_config)
 
 
-def save_gpt2_tokenizer(directory, enc, model_max_length):
+def save_gpt2_tokenizer(directory, tokenizer, model_max_length):
     """GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer_config.json), made from the
     tiktoken ranks that data.py loads offline, so that transformers' AutoTokenizer and pipeline
-    load an exported directory with nothing else."""
+    load an exported directory with nothing else; for a chat model (tokenizer.GPT2Tokenizer with
+    chat tokens) also its chat tokens and the chat template, so that apply_chat_template gives
+    the prompts that the model was trained on, and generation ends at <|end|>."""
+    enc = tokenizer.enc
     vocab, merges = byte_level_vocab(enc._mergeable_ranks)
-    vocab[ENDOFTEXT] = enc.eot_token
-    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    specials = {ENDOFTEXT: enc.eot_token, **tokenizer.chat_tokens}
+    vocab.update(specials)
+    special = {"bos_token": ENDOFTEXT, "eos_token": END if tokenizer.chat_tokens else ENDOFTEXT,
+               "unk_token": ENDOFTEXT}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
+              **special}
+    if tokenizer.chat_tokens:  # tokens of their own, split out of the text before BPE
+        special["additional_special_tokens"] = list(tokenizer.chat_tokens)
+        config["added_tokens_decoder"] = {str(i): {"content": token, "lstrip": False, "rstrip": False,
+                                                   "normalized": False, "single_word": False, "special": True}
+                                          for token, i in specials.items()}
+        config.update(special, chat_template=CHAT_TEMPLATE)
     write_json(os.path.join(directory, "vocab.json"), vocab)
     write_atomically(os.path.join(directory, "merges.txt"),
                      lambda tmp: Path(tmp).write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
                                                       encoding="utf-8"))
-    write_json(os.path.join(directory, "tokenizer_config.json"),
-               {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
-                **special})
+    write_json(os.path.join(directory, "tokenizer_config.json"), config)
     write_json(os.path.join(directory, "special_tokens_map.json"), special)
 
 
 def save_bpe_tokenizer(directory, tokenizer, model_max_length):
     """A trained vocabulary (tokenizer.BPETokenizer) as tokenizer.json, the format of Hugging Face's
-    tokenizers library that AutoTokenizer loads, and tokenizer_config.json. It splits text with our
-    pattern, maps bytes to GPT-2's printable characters, and merges as tiktoken does: a piece that is
-    a token as a whole is that token (ignore_merges), the others merge in rank order. Special tokens:
-    in text given to transformers they are matched, as in GPT-2's tokenizer; ours never match text."""
+    tokenizers library that AutoTokenizer loads, and tokenizer_config.json (with the chat template for
+    a chat model). It splits text with our pattern, maps bytes to GPT-2's printable characters, and
+    merges as tiktoken does: a piece that is a token as a whole is that token (ignore_merges), the
+    others merge in rank order. Special tokens: in text given to transformers they are matched, as in
+    GPT-2's tokenizer; ours never match text."""
     enc = tokenizer.enc
     vocab, merges = byte_level_vocab(enc._mergeable_ranks)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
@@ -135,9 +154,11 @@ def save_bpe_tokenizer(directory, tokenizer, model_max_length):
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
                   "vocab": vocab, "merges": merges},
     })
-    write_json(os.path.join(directory, "tokenizer_config.json"),
-               {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
-                "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "clean_up_tokenization_spaces": False})
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+              "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "clean_up_tokenization_spaces": False}
+    if tokenizer.chat_tokens:
+        config.update(eos_token=END, chat_template=CHAT_TEMPLATE)
+    write_json(os.path.join(directory, "tokenizer_config.json"), config)
 
 
 def byte_level_vocab(ranks):

@@ -295,8 +295,13 @@ class GPT(nn.Module):
             # generation needs only the next token's distribution: skip the other T-1 (large) head matmuls
             return self.head(x[:, [-1], :]), None
         logits = self.head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
-        return logits, loss.view(targets.shape) if reduction == "none" else loss
+        # a target of -1 is not counted (a chat dataset's prompts): the mean is over the others, and 0
+        # where there are none, rather than NaN; for the rest it is bit for bit F.cross_entropy's mean
+        losses = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                                 reduction="none" if reduction == "none" else "sum")
+        if reduction == "none":
+            return logits, losses.view(targets.shape)
+        return logits, losses / (targets != -1).sum().clamp(min=1)
 
     def head(self, x):
         """Logits; with logit_softcap, squashed smoothly into (-cap, cap), which keeps them from
@@ -312,6 +317,22 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         if self.transformer.wpe is not None:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def grow_vocab(self, vocab_size):
+        """Rows for more token ids, e.g. a chat model's special tokens. The new rows of wte (and of
+        lm_head when it is a matrix of its own) start as the mean of the old: each new token begins as
+        an average token, whose logit is the average logit, so the model predicts as before."""
+        old = self.config.vocab_size
+        if vocab_size < old:
+            raise ValueError(f"cannot shrink the vocabulary from {old} to {vocab_size}")
+
+        def grown(weight):
+            weight = weight.detach()
+            return nn.Parameter(torch.cat([weight, weight.mean(0, keepdim=True).expand(vocab_size - old, -1)]))
+
+        self.transformer.wte.weight = grown(self.transformer.wte.weight)
+        self.lm_head.weight = self.transformer.wte.weight if self.config.tie_embeddings else grown(self.lm_head.weight)
+        self.transformer.wte.num_embeddings = self.lm_head.out_features = self.config.vocab_size = vocab_size
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B:

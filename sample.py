@@ -23,7 +23,7 @@ from atomic import write_atomically
 from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
-from generation import beam_search, generate
+from generation import beam_search, check_sampling, generate
 from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------
@@ -56,12 +56,6 @@ def fail(message):
 
 if max_new_tokens < 0:
     fail(f"max_new_tokens={max_new_tokens}: it cannot be negative")
-if top_k is not None and top_k <= 0:
-    fail(f"top_k={top_k}: it must be at least 1 (or None for no limit)")
-if not 0.0 < top_p <= 1.0:
-    fail(f"top_p={top_p}: it must lie in (0, 1]")
-if temperature < 0:
-    fail(f"temperature={temperature}: it cannot be negative")
 if num_beams < 1:
     fail(f"num_beams={num_beams}: it must be at least 1")
 if num_samples < 1:
@@ -69,6 +63,7 @@ if num_samples < 1:
 if out_file and not os.path.isdir(os.path.dirname(os.path.abspath(out_file))):
     fail(f"out_file={out_file}: its directory does not exist")
 try:
+    check_sampling(temperature, top_k, top_p)
     device, dtype = resolve_device(device, dtype)
 except ValueError as e:
     fail(e)

@@ -1,13 +1,14 @@
 """
-Serve a model on a web page and an OpenAI-compatible completions API.
+Serve a model on a web page and OpenAI's completions and chat completions APIs.
 
   python serve.py --out_dir=out-shakespeare-char-cpu             # out_dir/ckpt.pt, on 127.0.0.1:8000
   python serve.py --out_dir=out-shakespeare --checkpoint=best.pt --port=8080
   python serve.py --init_from=gpt2                                # or a local Hugging Face directory
 
-Open the printed address for the page; programs POST to /v1/completions as to OpenAI's API
-(streamed as server-sent events with "stream": true), and GET /v1/models and /health.
-Concurrent requests are generated together by engine.py, one forward pass per step.
+Open the printed address for the page (a chat for a chat model); programs POST to /v1/completions,
+and for a chat model to /v1/chat/completions, as to OpenAI's API (streamed as server-sent events
+with "stream": true), and GET /v1/models and /health. Concurrent requests, of both kinds, are
+generated together by engine.py, one forward pass per step.
 The same --key=value flags and config files as sample.py.
 """
 
@@ -19,7 +20,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Literal, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,7 @@ from checkpoint import find_run, load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from engine import Engine, Job
-from tokenizer import encode_prompt
+from tokenizer import END, ROLES, encode_prompt, render_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
@@ -59,12 +60,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's completions request; strict, so that "0.5" for a number is an error, not a guess."""
+class Sampling(BaseModel):
+    """What OpenAI's completions and chat completions requests share; strict, so that "0.5" for a
+    number is an error, not a guess."""
     model_config = ConfigDict(strict=True)
     model: Optional[str] = None
-    prompt: Union[str, List[str]] = ""
-    max_tokens: int = Field(16, ge=1)  # OpenAI's default
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: Optional[int] = Field(None, ge=1)  # not OpenAI's: an extension, as in vLLM
@@ -75,13 +75,33 @@ class CompletionRequest(BaseModel):
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     # OpenAI's that this server does not do: accepted only at their "off" values
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Optional[dict] = None
+
+
+class CompletionRequest(Sampling):
+    prompt: Union[str, List[str]] = ""
+    max_tokens: int = Field(16, ge=1)  # OpenAI's default
     echo: bool = False
     logprobs: Optional[int] = None
     suffix: Optional[str] = None
     best_of: Optional[int] = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: Optional[dict] = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True)
+    role: Literal[ROLES]
+    content: str
+    name: Optional[str] = None
+
+
+class ChatRequest(Sampling):
+    messages: List[Message]
+    max_completion_tokens: Optional[int] = Field(None, ge=1)  # unset: up to the server's --max_tokens
+    max_tokens: Optional[int] = Field(None, ge=1)  # what OpenAI called it first
+    logprobs: bool = False
+    top_logprobs: Optional[int] = None
 
 
 class ApiError(Exception):
@@ -100,18 +120,19 @@ def validation_message(errors):
         return f"the body is not valid JSON: {first['ctx']['error']}"
     loc = [str(part) for part in first["loc"] if part != "body"]
     if not loc:
-        return "the body must be a JSON object of completion settings, e.g. {\"prompt\": \"Hello\"}"
-    field = loc[0]
+        return "the body must be a JSON object of settings, e.g. {\"prompt\": \"Hello\"}"
     # the two unions fail once per alternative: one message says what either may be
-    reason = "Input should be a string or a list of strings" if field in ("prompt", "stop") else first["msg"]
-    return f"{field}: {reason}, got {json.dumps(first['input'])[:60]}"
+    if loc[0] in ("prompt", "stop"):
+        return f"{loc[0]}: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
+    return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
 
 
 class Choice:
-    """One choice's text as it streams: whole characters only, and nothing past a stop string."""
+    """One choice's text as it streams: whole characters only, and nothing past a stop string. A chat
+    reply leaves special tokens out of its text, as transformers' pipeline does."""
 
-    def __init__(self, tokenizer, stop):
-        self.decode, self.stop, self.stop_token = tokenizer.stream_decoder(), stop, tokenizer.eot_token
+    def __init__(self, tokenizer, stop, stop_token, chat):
+        self.decode, self.stop, self.stop_token = tokenizer.stream_decoder(skip_special=chat), stop, stop_token
         self.text, self.sent, self.tokens, self.finish_reason = "", 0, 0, None
 
     def add(self, token, finish):
@@ -134,11 +155,67 @@ class Choice:
         return piece
 
 
+class Generation:
+    """One request's choices as the engine generates them: submitted when made, read by run()."""
+
+    def __init__(self, engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat):
+        loop, self.events, self.n = asyncio.get_running_loop(), asyncio.Queue(), body.n
+        self.jobs = []
+        for p, tokens in enumerate(prompts):
+            def on_event(choice, token, finish, first=p * body.n):  # called from the engine's thread
+                loop.call_soon_threadsafe(self.events.put_nowait, (first + choice, token, finish))
+            self.jobs.append(engine.submit(Job(tokens, on_event, body.n, max_tokens, body.temperature, body.top_k,
+                                               body.top_p, body.seed, stop_token)))
+        self.choices = [Choice(tokenizer, stop, stop_token, chat) for _ in range(len(prompts) * body.n)]
+        self.usage = {"prompt_tokens": sum(map(len, prompts))}
+
+    async def run(self, request):
+        """(index, text) as the choices grow, until all have finished or the client has left."""
+        try:
+            async for index, token, finish in engine_events(self.events, request):
+                choice = self.choices[index]
+                if choice.finish_reason:
+                    continue  # tokens drawn in the step that a stop string ended it
+                if finish == "error":
+                    raise ApiError(500, "generation failed; the server's log says why", "server_error")
+                text = choice.add(token, finish)
+                if choice.finish_reason:  # a stop string ends the text while the engine's row goes on
+                    self.jobs[index // self.n].cancel(index % self.n)
+                yield index, text
+                if all(c.finish_reason for c in self.choices):
+                    break
+        finally:  # the client left, or a stop string ended choices that the engine still runs
+            for job in self.jobs:
+                job.cancel()
+        if not all(c.finish_reason for c in self.choices):
+            return  # the client left
+        self.usage["completion_tokens"] = sum(c.tokens for c in self.choices)
+        self.usage["total_tokens"] = self.usage["prompt_tokens"] + self.usage["completion_tokens"]
+
+    def stream(self, request, body, head, chunks):
+        """The server-sent events of a streamed response: chunks(index, text) gives the chunks of each
+        step (and chunks(None, None) those that open the stream), then usage if asked, then [DONE]."""
+        async def events():
+            try:
+                for chunk in chunks(None, None):
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                async for index, text in self.run(request):
+                    for chunk in chunks(index, text):
+                        yield f"data: {json.dumps(chunk)}\n\n"
+            except ApiError as e:
+                yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.kind}})}\n\n"
+            if "completion_tokens" in self.usage and body.stream_options and body.stream_options.include_usage:
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': self.usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def model_info(model, tokenizer, trained, name, device, dtype):
     # "gpt2 (BPE, 50257)", "char (65)", "bpe (4096)" (a vocabulary trained on the model's data)
     tok = f"{tokenizer.kind} ({'BPE, ' if tokenizer.kind == 'gpt2' else ''}{tokenizer.vocab_size})"
     return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local",
-            "parameters": model.num_params(non_embedding=False), "tokenizer": tok,
+            "parameters": model.num_params(non_embedding=False), "tokenizer": tok, "chat": bool(tokenizer.chat_tokens),
             "block_size": model.config.block_size, "iter_num": trained["iter_num"],
             "best_val_loss": trained["best_val_loss"], "device": device, "dtype": dtype}
 
@@ -150,7 +227,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
     @asynccontextmanager
     async def lifespan(app):
         nonlocal engine
-        engine = Engine(model, limits["max_batch"], tokenizer.eot_token, tokenizer.vocab_size, autocast)
+        engine = Engine(model, limits["max_batch"], tokenizer.vocab_size, autocast)
         app.state.engine = engine
         yield
         engine.close()
@@ -185,93 +262,89 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
     async def models():
         return {"object": "list", "data": [info]}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
-        prompts, stop = check(body)  # token lists, stop strings
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    def start(prompts, body, max_tokens, stop, stop_token, chat):
         if engine.active() + len(prompts) > limits["max_concurrent"]:
             raise ApiError(429, f"the server is busy: {limits['max_concurrent']} requests in flight "
                                 f"(--max_concurrent); try again shortly", "rate_limit_error")
-        jobs = []
-        for p, tokens in enumerate(prompts):
-            def on_event(choice, token, finish, first=p * body.n):  # called from the engine's thread
-                loop.call_soon_threadsafe(events.put_nowait, (first + choice, token, finish))
-            jobs.append(engine.submit(Job(tokens, on_event, body.n, body.max_tokens, body.temperature,
-                                          body.top_k, body.top_p, body.seed)))
-        choices = [Choice(tokenizer, stop) for _ in range(len(prompts) * body.n)]
+        return Generation(engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        prompts, stop = check_completion(body)  # token lists, stop strings
+        generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, chat=False)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": info["id"]}
-        usage = {"prompt_tokens": sum(map(len, prompts))}
 
-        async def run():
-            """(index, text) as the choices grow, until all have finished or the client has left."""
-            try:
-                async for index, token, finish in engine_events(events, request):
-                    choice = choices[index]
-                    if choice.finish_reason:
-                        continue  # tokens drawn in the step that a stop string ended it
-                    if finish == "error":
-                        raise ApiError(500, "generation failed; the server's log says why", "server_error")
-                    text = choice.add(token, finish)
-                    if choice.finish_reason:  # a stop string ends the text while the engine's row goes on
-                        jobs[index // body.n].cancel(index % body.n)
-                    yield index, text
-                    if all(c.finish_reason for c in choices):
-                        break
-            finally:  # the client left, or a stop string ended choices that the engine still runs
-                for job in jobs:
-                    job.cancel()
-            if not all(c.finish_reason for c in choices):
-                return  # the client left
-            usage["completion_tokens"] = sum(c.tokens for c in choices)
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-
-        def chunk(index, text, finish_reason):
-            return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]}
+        def choice(index, text):
+            return {"text": text, "index": index, "logprobs": None,
+                    "finish_reason": generation.choices[index].finish_reason}
 
         if not body.stream:
-            async for _ in run():
+            async for _ in generation.run(request):
                 pass
-            return {**head, "choices": [chunk(i, c.text, c.finish_reason)["choices"][0] for i, c in enumerate(choices)],
-                    "usage": usage}
+            return {**head, "choices": [choice(i, c.text) for i, c in enumerate(generation.choices)],
+                    "usage": generation.usage}
+        return generation.stream(request, body, head, lambda index, text: [] if index is None
+                                 else [{**head, "choices": [choice(index, text)]}])
 
-        async def stream():
-            try:
-                async for index, text in run():
-                    yield f"data: {json.dumps(chunk(index, text, choices[index].finish_reason))}\n\n"
-            except ApiError as e:
-                yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.kind}})}\n\n"
-            if "completion_tokens" in usage and body.stream_options and body.stream_options.include_usage:
-                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        prompt, max_tokens, stop = check_chat(body)
+        generation = start([prompt], body, max_tokens, stop, tokenizer.chat_tokens[END], chat=True)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": info["id"]}
+        if not body.stream:
+            async for _ in generation.run(request):
+                pass
+            return {**head, "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                                         "logprobs": None, "finish_reason": c.finish_reason}
+                                        for i, c in enumerate(generation.choices)], "usage": generation.usage}
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        head["object"] = "chat.completion.chunk"  # every chunk's, the usage chunk's too
 
-    def check(body):
-        """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
+        def delta(index, content, finish_reason=None):
+            return {**head, "choices": [{"index": index, "delta": content, "logprobs": None,
+                                         "finish_reason": finish_reason}]}
+
+        def chunks(index, text):
+            """Each choice's role first, then its text as it grows, then why it ended."""
+            if index is None:
+                return [delta(i, {"role": "assistant", "content": ""}) for i in range(body.n)]
+            finish = generation.choices[index].finish_reason
+            return [delta(index, {"content": text})] * bool(text) + [delta(index, {}, finish)] * bool(finish)
+
+        return generation.stream(request, body, head, chunks)
+
+    def check_sampling(body, max_tokens):
+        """The stop strings, or an ApiError for what both kinds of request may get wrong."""
         if body.model not in (None, info["id"]):
             raise ApiError(404, f"model '{body.model}' is not served here; this server serves '{info['id']}'")
-        unsupported = {"echo": False, "logprobs": None, "suffix": None, "presence_penalty": 0.0,
-                       "frequency_penalty": 0.0}
+        unsupported = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
         for key, off in unsupported.items():
             if getattr(body, key) != off:
                 raise ApiError(400, f"{key}: not supported by this server; leave it out")
-        if body.best_of not in (None, body.n):
-            raise ApiError(400, "best_of: not supported by this server; leave it out")
         if body.logit_bias:
             raise ApiError(400, "logit_bias: not supported by this server; leave it out")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
-        if len(prompts) * body.n > limits["max_n"]:
-            raise ApiError(400, f"n: {len(prompts)} prompt(s) x n={body.n} choices is above this server's "
-                                f"limit of {limits['max_n']} (--max_n)")
-        if body.max_tokens > limits["max_tokens"]:
-            raise ApiError(400, f"max_tokens: {body.max_tokens} is above this server's limit of "
+        if max_tokens > limits["max_tokens"]:
+            raise ApiError(400, f"max_tokens: {max_tokens} is above this server's limit of "
                                 f"{limits['max_tokens']} (--max_tokens)")
         stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
         if len(stop) > 4 or not all(stop):
             raise ApiError(400, "stop: up to 4 strings, none of them empty")
+        return stop
+
+    def check_completion(body):
+        """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
+        stop = check_sampling(body, body.max_tokens)
+        for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
+            if getattr(body, key) != off:
+                raise ApiError(400, f"{key}: not supported by this server; leave it out")
+        if body.best_of not in (None, body.n):
+            raise ApiError(400, "best_of: not supported by this server; leave it out")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
+        check_n(len(prompts), body.n)
         tokens = []
         for text in prompts:
             try:
@@ -282,6 +355,38 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
                 raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
                                     f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
         return tokens, stop
+
+    def check_chat(body):
+        """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
+        if not tokenizer.chat_tokens:
+            raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
+                                "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
+        if None not in (body.max_tokens, body.max_completion_tokens) and body.max_tokens != body.max_completion_tokens:
+            raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
+        max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
+        stop = check_sampling(body, max_tokens)
+        if body.logprobs or body.top_logprobs is not None:
+            raise ApiError(400, "logprobs: not supported by this server; leave it out")
+        if not body.messages:
+            raise ApiError(400, "messages: an empty list; give at least one message")
+        check_n(1, body.n)
+        for i, message in enumerate(body.messages):
+            try:
+                tokenizer.encode(message.content)
+            except ValueError as e:  # characters a char-level model never saw
+                raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
+                                    "trained on") from None
+        prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
+        limit = min(limits["max_prompt_tokens"], model.config.block_size)
+        if len(prompt) > limit:
+            raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
+                                "model's context, and --max_prompt_tokens); send fewer or shorter messages")
+        return prompt, max_tokens, stop
+
+    def check_n(prompts, n):
+        if prompts * n > limits["max_n"]:
+            raise ApiError(400, f"n: {prompts} prompt(s) x n={n} choices is above this server's "
+                                f"limit of {limits['max_n']} (--max_n)")
 
     return app
 

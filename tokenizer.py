@@ -1,9 +1,10 @@
 """
 The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file that ships in
 assets/, so nothing needs the network), a byte-level BPE vocabulary trained on a dataset's own
-text, and the character-level one of a char dataset; the prepare scripts' choice among them; and
-how a prompt becomes tokens. A dataset's meta.json names its tokenizer, and a checkpoint carries
-that meta, so every script encodes and decodes as the data was made.
+text, and the character-level one of a char dataset; the prepare scripts' choice among them; how a
+prompt becomes tokens; and the chat template. A dataset's meta.json names its tokenizer (and whether
+it has the chat tokens), and a checkpoint carries that meta, so every script encodes and decodes as
+the data was made.
 
 Losses of different tokenizers compare in bits per unit of text, the unit being a character for
 a char vocabulary and a UTF-8 byte for byte-level BPE: units_per_token gives each token's count.
@@ -29,7 +30,22 @@ GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_ENV = "GPT2_TIKTOKEN_FILE"
 GPT2_EOT = 50256
 
-CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+# The chat template. Each turn is its role's opening token, the content's text tokens, and <|end|>:
+#   [<|endoftext|>] <|system|>...<|end|> <|user|>...<|end|> <|assistant|>...<|end|> ...
+# (a conversation starts with the tokenizer's document token where it has one, as GPT-2's documents
+# do). The special tokens take the ids right after the tokenizer's own: 50257..50260 for GPT-2, rows
+# that the padded vocabulary (50304) of models trained here already has; a char vocabulary's come
+# after its characters; a trained BPE vocabulary has them from the start, after <|endoftext|>.
+# Content is always encoded as text, so a message that spells a special token keeps it as text.
+ROLES = ("system", "user", "assistant")
+END = "<|end|>"
+CHAT_TOKENS = (*(f"<|{role}|>" for role in ROLES), END)
+
+
+def chat_token_ids(first):
+    """{spelling: id} of the chat tokens, from id `first` on."""
+    return {token: first + i for i, token in enumerate(CHAT_TOKENS)}
+
 
 # How a trained vocabulary cuts text into pieces before BPE, which never merges across two pieces.
 # GPT-4's (cl100k_base's) keeps numbers to 3 digits, and runs of punctuation and line ends apart
@@ -86,14 +102,24 @@ def gpt2_encoding(vocab_file=None):
                            f"with --vocab_file PATH or {GPT2_ENV}=PATH") from None
 
 
+@lru_cache(maxsize=None)
+def _with_chat_tokens(enc):
+    # tiktoken knows special tokens by their spelling: so it decodes the chat tokens, while
+    # encode_ordinary, which reads all user text, never produces them
+    return tiktoken.Encoding(name=f"{enc.name}-chat", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                             special_tokens={**enc._special_tokens, **chat_token_ids(enc.n_vocab)})
+
+
 class GPT2Tokenizer:
     kind = "gpt2"  # as meta.json names it
     unit = "byte"  # of UTF-8 text: what bits are counted per
 
-    def __init__(self, enc):
-        self.enc = enc  # sample.py decodes token bytes across token boundaries through it
-        self.vocab_size = enc.n_vocab
+    def __init__(self, enc, chat=False):
+        self.chat_tokens = chat_token_ids(enc.n_vocab) if chat else {}
+        self.enc = _with_chat_tokens(enc) if chat else enc  # sample.py decodes bytes across tokens through it
+        self.vocab_size = self.enc.n_vocab
         self.eot_token = enc.eot_token
+        self.special_tokens = {self.eot_token, *self.chat_tokens.values()}
 
     def encode(self, text):
         # user text is data: "<|endoftext|>" written in it stays plain text
@@ -104,21 +130,26 @@ class GPT2Tokenizer:
 
     def meta(self):
         """What meta.json says of this tokenizer."""
-        return {"tokenizer": self.kind, "vocab_size": self.vocab_size}
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, **({"chat": True} if self.chat_tokens else {})}
 
-    def stream_decoder(self):
+    def stream_decoder(self, skip_special=False):
         """A function from one token to the text it completes; None at the end flushes what is
         left. Byte-level BPE can split a character's UTF-8 bytes over tokens: those bytes wait
-        until the character is whole."""
+        until the character is whole. skip_special: special tokens give no text (a chat reply)."""
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return lambda token: (utf8.decode(b"", final=True) if token is None
-                              else utf8.decode(self.enc.decode_single_token_bytes(token)))
+
+        def decode(token):
+            if token is None:
+                return utf8.decode(b"", final=True)
+            return "" if skip_special and token in self.special_tokens else utf8.decode(
+                self.enc.decode_single_token_bytes(token))
+
+        return decode
 
     def units_per_token(self):
-        """The UTF-8 bytes each token id stands for; 0 for the special tokens past the merges
-        (<|endoftext|>, and a trained vocabulary's chat tokens), which are no text."""
-        merged = len(self.enc._mergeable_ranks)
-        return np.array([len(self.enc.decode_single_token_bytes(i)) if i < merged else 0
+        """The UTF-8 bytes each token id stands for; 0 for the special tokens (<|endoftext|>, the chat
+        tokens), which are no text."""
+        return np.array([0 if i in self.special_tokens else len(self.enc.decode_single_token_bytes(i))
                          for i in range(self.vocab_size)], dtype=np.int64)
 
 
@@ -126,11 +157,14 @@ class CharTokenizer:
     kind = "char"
     unit = "character"
 
-    def __init__(self, chars):
+    def __init__(self, chars, chat=False):
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self.vocab_size = len(self.chars)
+        self.chat_tokens = chat_token_ids(len(self.chars)) if chat else {}
+        self.texts = self.chars + list(self.chat_tokens)  # the text of each id
+        self.vocab_size = len(self.texts)
         self.eot_token = None
+        self.special_tokens = set(self.chat_tokens.values())
 
     def encode(self, text):
         unknown = sorted(set(text) - self.stoi.keys())
@@ -139,29 +173,34 @@ class CharTokenizer:
         return [self.stoi[c] for c in text]
 
     def decode(self, ids):
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.texts[i] for i in ids)
 
-    def stream_decoder(self):
-        return lambda token: "" if token is None else self.chars[token]
+    def stream_decoder(self, skip_special=False):
+        return lambda token: "" if token is None or skip_special and token in self.special_tokens else self.texts[token]
 
     def units_per_token(self):
-        return np.ones(self.vocab_size, dtype=np.int64)
+        """One character each; 0 for the chat tokens, which are no text."""
+        return np.array([int(i not in self.special_tokens) for i in range(self.vocab_size)], dtype=np.int64)
 
     def meta(self):
-        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+        return {"tokenizer": self.kind, "vocab_size": self.vocab_size, "chars": self.chars,
+                **({"chat": True} if self.chat_tokens else {})}
 
 
 class BPETokenizer(GPT2Tokenizer):
     """A byte-level BPE vocabulary learned from a dataset's text (train_bpe), which tiktoken encodes and
     decodes as it does GPT-2's: from ranks (token bytes: id) and a split pattern. Its ids are the 256
-    bytes, the merges in the order they were learned, then BPE_SPECIAL_TOKENS."""
+    bytes, the merges in the order they were learned, then BPE_SPECIAL_TOKENS. The chat tokens are
+    always there; chat says whether the model was trained to use them."""
     kind = "bpe"
 
-    def __init__(self, ranks, pattern):
+    def __init__(self, ranks, pattern, chat=False):
         self.pattern = pattern  # a name in PATTERNS
         special = {token: len(ranks) + i for i, token in enumerate(BPE_SPECIAL_TOKENS)}
         super().__init__(tiktoken.Encoding(name="bpe", pat_str=PATTERNS[pattern], mergeable_ranks=ranks,
                                            special_tokens=special, explicit_n_vocab=len(ranks) + len(special)))
+        self.chat_tokens = {token: special[token] for token in CHAT_TOKENS} if chat else {}
+        self.special_tokens = set(special.values())
 
     def meta(self):
         # the ranks travel as text: data.write_meta puts them in a file beside meta.json
@@ -217,17 +256,60 @@ def encode_prompt(tokenizer, text):
     return tokens
 
 
+def render_conversation(tokenizer, messages):
+    """A conversation as a chat model is trained on it: (tokens, mask), mask 1 where the loss counts
+    the token: the assistant's text and the <|end|> that ends each of its turns. messages are
+    {"role": one of ROLES, "content": str}. ValueError for a tokenizer without chat tokens, or
+    characters that a char vocabulary lacks."""
+    if not tokenizer.chat_tokens:
+        raise ValueError("the model has no chat tokens: fine-tune it on a chat dataset first (prepare_chat.py, "
+                         "then train.py)")
+    tokens = [] if tokenizer.eot_token is None else [tokenizer.eot_token]
+    mask = [0] * len(tokens)
+    for message in messages:
+        content = tokenizer.encode(message["content"])
+        tokens += [tokenizer.chat_tokens[f"<|{message['role']}|>"], *content, tokenizer.chat_tokens[END]]
+        mask += [0] + [int(message["role"] == "assistant")] * (len(content) + 1)
+    return tokens, mask
+
+
+# The same template for transformers' apply_chat_template (export.py writes it into a chat model's
+# tokenizer files). Its special tokens are literals, so that apply_chat_template(...,
+# sanitize_control_tokens=True) keeps their spellings in messages as text, as render_conversation
+# does; {% generation %} marks what the loss counts (return_assistant_tokens_mask=True).
+CHAT_TEMPLATE = (
+    "{{ bos_token or '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}<|end|>"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}<|end|>"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{% generation %}{{ message['content'] }}<|end|>"
+    "{% endgeneration %}"
+    "{% else %}{{ raise_exception('a role must be system, user or assistant, not ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def render_prompt(tokenizer, messages):
+    """The tokens that ask for the assistant's next turn: the conversation, then <|assistant|>.
+    Generation ends at <|end|>."""
+    return render_conversation(tokenizer, messages)[0] + [tokenizer.chat_tokens["<|assistant|>"]]
+
+
 def get_tokenizer(meta, vocab_file=None):
     """The tokenizer that made a dataset, from its meta as data.read_meta gives it or a checkpoint
-    carries it; GPT-2 when there is no metadata (llm.c's shards are GPT-2)."""
+    carries it; GPT-2 when there is no metadata (llm.c's shards are GPT-2). A chat dataset's (meta
+    "chat": true) has the chat tokens too."""
     kind = meta["tokenizer"] if meta else "gpt2"
+    chat = bool(meta and meta.get("chat"))
     if kind == "gpt2":
-        return GPT2Tokenizer(gpt2_encoding(vocab_file))
+        return GPT2Tokenizer(gpt2_encoding(vocab_file), chat)
     if kind == "char":
-        return CharTokenizer(meta["chars"])
+        return CharTokenizer(meta["chars"], chat)
     if kind == "bpe":
         try:
-            tokenizer = BPETokenizer(read_ranks(meta["vocab"]), meta["pattern"])
+            tokenizer = BPETokenizer(read_ranks(meta["vocab"]), meta["pattern"], chat)
         except (ValueError, KeyError) as e:
             raise ValueError(f"the dataset's BPE vocabulary is damaged ({type(e).__name__}: {e}): "
                              "prepare it again") from None

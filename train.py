@@ -46,7 +46,7 @@ from hf import from_pretrained
 from model import GPT, GPT2_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
-from tokenizer import get_tokenizer
+from tokenizer import CHAT_TOKENS, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # The defaults train nanoGPT's small character-level model on Tiny Shakespeare, which ships with the
@@ -59,7 +59,8 @@ eval_iters = 200  # val batches per eval, over all ranks together, at most one p
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # False: ckpt.pt only when val loss improves, and at the end
 # 'auto': resume the run in out_dir if its checkpoint is there, else start from scratch;
-# 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a local Hugging Face directory
+# 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl' or a local Hugging Face directory to fine-tune,
+# or another run to fine-tune: its out_dir (its ckpt.pt) or a checkpoint file
 init_from = "auto"
 # HellaSwag accuracy every hellaswag_interval steps and at the end (GPT-2 tokens only); 0 is off
 hellaswag_interval = 0
@@ -197,6 +198,19 @@ if config["min_lr"] is None and isinstance(config["learning_rate"], (int, float)
     config["min_lr"] = config["learning_rate"] / 10
 
 
+def base_checkpoint(init_from):
+    """The checkpoint of the run that init_from names to fine-tune (its out_dir, or the file), or None."""
+    path = init_from if os.path.isfile(init_from) else os.path.join(init_from, "ckpt.pt")
+    return path if os.path.isfile(path) else None
+
+
+def token_ids(meta):
+    """What a model's token ids mean, chat tokens aside: the tokenizer, and its characters or its
+    trained vocabulary, if any."""
+    meta = meta or {"tokenizer": "gpt2"}  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
+    return meta["tokenizer"], meta.get("chars"), meta.get("pattern"), meta.get("vocab")
+
+
 def check_config(config):
     """Values that would otherwise fail deep inside torch, or quietly train nonsense."""
     at_least = dict(eval_interval=1, log_interval=1, eval_iters=0, batch_size=1, block_size=1, n_layer=1, n_head=1,
@@ -226,8 +240,9 @@ def check_config(config):
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
     init = config["init_from"]
-    if init not in ("scratch", "resume", *PRESETS) and not os.path.isdir(init):
-        fail(f"init_from={init!r}: use scratch, resume, {', '.join(PRESETS)} or a local Hugging Face directory")
+    if init not in ("scratch", "resume", *PRESETS) and not os.path.exists(init):
+        fail(f"init_from={init!r}: use scratch, resume, {', '.join(PRESETS)} or a local directory to fine-tune: a "
+             "Hugging Face model's, or a run's out_dir")
 
 
 check_config(config)
@@ -288,6 +303,23 @@ if init_from == "scratch":
     model = GPT(or_fail(GPTConfig, **{f.name: globals()[f.name] for f in fields(GPTConfig)}))
 elif init_from == "resume":
     model = model_from_checkpoint(ckpt, dropout=dropout)  # dropout may change, the shape may not
+elif base_checkpoint(init_from):  # one of our runs, of any shape: fine-tuned on this dataset
+    base = or_fail(load_checkpoint, base_checkpoint(init_from))
+    base_model = vars(GPTConfig(**base["model_args"]))  # checkpoints older than a switch get its default
+    for key in SHAPE_KEYS:
+        if key in overrides and key != "block_size" and overrides[key] != base_model[key]:
+            fail(f"{key}={overrides[key]!r} but the run in {init_from} has {key}={base_model[key]!r}: "
+                 "a fine-tuned model keeps its shape")
+    if token_ids(base["meta"]) != token_ids(meta):
+        fail(f"{init_from} was trained on another tokenizer's tokens ({token_ids(base['meta'])[0]}) than {data_dir} "
+             f"({token_ids(meta)[0]}): prepare the data with --tokenizer_from set to the dataset that the run "
+             f"trained on ({base['config']['dataset']})")
+    model = model_from_checkpoint(base, dropout=dropout)
+    if block_size > model.config.block_size:
+        fail(f"block_size={block_size} but the model of {init_from} has a context of {model.config.block_size}: "
+             f"use --block_size={model.config.block_size} or less")
+    model.crop_block_size(block_size)
+    del base
 else:
     switches = GPTConfig(**{k: globals()[k] for k in GPT2_SWITCHES}).modern_switches()
     if switches:
@@ -297,7 +329,11 @@ else:
         fail(f"init_from={init_from} needs a GPT-2 BPE dataset, but {data_dir} is tokenized as {meta['tokenizer']}")
     model = or_fail(from_pretrained, init_from, dropout=dropout, block_size=block_size)
 if meta and meta["vocab_size"] > model.config.vocab_size:
-    fail(f"{data_dir} has {meta['vocab_size']} token ids but the model only {model.config.vocab_size}")
+    # the chat tokens of a chat dataset come after its tokenizer's own: a model of that tokenizer (OpenAI's
+    # GPT-2 has 50257 ids, a char run one per character) grows rows for them, to a multiple of 64 as 50304
+    if not meta.get("chat") or meta["vocab_size"] - len(CHAT_TOKENS) > model.config.vocab_size:
+        fail(f"{data_dir} has {meta['vocab_size']} token ids but the model only {model.config.vocab_size}")
+    model.grow_vocab(-(-meta["vocab_size"] // 64) * 64)
 # Checked once here, not found as an IndexError deep in the embedding: shards of another tokenizer,
 # or a meta.json that does not belong to them.
 for loader in (train_loader, val_loader):
@@ -509,16 +545,18 @@ while True:
     for group in opt.param_groups:
         group["lr"] = group["initial_lr"] * lr / learning_rate
     t0 = time.perf_counter()
-    loss_sum, units_sum = torch.zeros((), device=run_device), torch.zeros((), device=run_device)
+    loss_sum, nats_sum, units_sum = (torch.zeros((), device=run_device) for _ in range(3))
     for micro_step in range(accum_steps):
         x, y = train_loader.next_batch()
-        units_sum += units[y].sum()
+        counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
+        units_sum += (units[y.clamp(min=0)] * counted).sum()
         # DDP all-reduces gradients in backward; only the last micro-step needs it
         sync = not ddp or micro_step == accum_steps - 1
         with nullcontext() if sync else model.no_sync():
             with autocast:
                 _, loss = model(x, y)
             loss_sum += loss.detach()
+            nats_sum += loss.detach() * counted.sum()  # loss is the mean over the counted targets
             scaler.scale(loss / accum_steps).backward()
     grad_norm = None
     if grad_clip > 0:
@@ -527,13 +565,14 @@ while True:
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    # one small all-reduce a step: the mean loss over micro-steps and ranks, the text it covered, and
-    # whether any rank must stop
-    stats = torch.stack([loss_sum / accum_steps, units_sum,
+    # one small all-reduce a step: the mean loss over micro-steps and ranks, its nats and the text they
+    # cover, and whether any rank must stop
+    stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,
                          torch.tensor(float(stop_signal is not None), device=run_device)])
     if ddp:
         dist.all_reduce(stats)
-    train_loss, train_units, stop = stats[0].item() / world_size, stats[1].item(), stats[2].item() > 0
+    train_loss, train_nats, train_units = stats[0].item() / world_size, stats[1].item(), stats[2].item()
+    stop = stats[3].item() > 0
     dt = time.perf_counter() - t0
     if not math.isfinite(train_loss):
         fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept "
@@ -549,7 +588,7 @@ while True:
     if iter_num % log_interval == 0:
         mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
         record = {"iter": iter_num, "train_loss": train_loss,
-                  "train_bits": train_loss * tokens_per_iter / train_units / math.log(2), "lr": lr,
+                  "train_bits": train_nats / train_units / math.log(2) if train_units else None, "lr": lr,
                   "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
                   "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
         log(record)

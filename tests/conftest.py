@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import prepare_shakespeare
-from checkpoint import save_checkpoint
+from checkpoint import load_model, save_checkpoint
+from generation import generate
 from model import GPT, GPTConfig
+from tokenizer import END, render_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))  # the char vocabulary
@@ -29,6 +31,7 @@ VARIED_TEXTS = [
     UNICODE, "日本語" * 50, "🙂" * 7 + "🏳️‍🌈👨‍👩‍👧‍👦", "a\u0301\u0302\u0303 o\u0308 Z\u0351\u0352\u0353", "\ufeffBOM \u200b\u200d",
     "1234567890 3.14159 $100,000", "don't I'LL we'VE", "<|endoftext|><|user|>", "\U0010ffff\U000e0001",
 ]
+CHAT_META = {"tokenizer": "char", "chars": CHARS, "chat": True, "vocab_size": len(CHARS) + 4}  # a char chat model's
 
 
 def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwargs):
@@ -82,3 +85,15 @@ def bpe_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("shakespeare_bpe")
     prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "512", "--out_dir", str(out)])
     return out
+
+
+def chat_reply(out_dir, messages, max_tokens, temperature=0.0, top_k=None, top_p=1.0, seed=None):
+    """The text of the reply that generation.generate gives to messages with out_dir's model, alone:
+    what chat.py and serve.py must give."""
+    model, tokenizer, _ = load_model("resume", str(out_dir))
+    prompt = torch.tensor([render_prompt(tokenizer, messages)])
+    end = tokenizer.chat_tokens[END]
+    tokens = [t.item() for t in generate(model.eval(), prompt, max_tokens, temperature, top_k, top_p, end, seed,
+                                         vocab_limit=tokenizer.vocab_size)]
+    decode = tokenizer.stream_decoder(skip_special=True)  # a reply's text has no special tokens
+    return "".join(decode(t) for t in [*tokens, None])

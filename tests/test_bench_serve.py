@@ -36,3 +36,12 @@ def test_serves_a_trained_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "char (65) tokenizer" in result.stdout  # serve.py's first line: it serves the run, not random GPT-2
     assert re.search(r"^\s+2\s+[\d.]+ \(", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_chats():
+    result = bench("--chat", "--n_layer=1", "--n_head=2", "--n_embd=16", "--streams=1,2", "--max_tokens=4",
+                   "--repeats=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gpt2 (BPE, 50261) tokenizer" in result.stdout  # a chat model: GPT-2's tokens and the 4 chat tokens
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+) \(", result.stdout, re.MULTILINE)
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 for r in rows)

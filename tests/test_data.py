@@ -275,3 +275,49 @@ def test_a_whole_split_has_every_target_once_whatever_the_batch_and_the_ranks(tm
                                     if list(t[p - j - 1:p]) == context and t[p] == row_y[j])
                         got.append((s, p, int(row_y[j])))
         assert sorted(got) == want, (block_size, batch_size, world_size)
+
+
+def _chat_dataset(tmp_path, length=200, every=10):
+    """One shard per split whose token i is i: conversations start every `every` tokens, and the
+    last 4 tokens of each are the assistant's (mask 1)."""
+    for split in ("train", "val"):
+        shard = tmp_path / f"chat_{split}_000000.bin"
+        data.write_shard(shard, np.arange(length))
+        data.write_array(data.mask_path(shard), (np.arange(length) % every >= every - 4).astype(np.uint8))
+        data.write_array(data.starts_path(shard), np.arange(0, length, every, dtype=np.int64))
+    return tmp_path
+
+
+def test_chat_rows_start_at_conversations_and_count_only_the_assistant(tmp_path):
+    loader = data.ShardLoader(_chat_dataset(tmp_path), "train", 8, 16)
+    assert loader.chat and loader.first_window[-1] == 19  # 190 + 16 reaches past the end: not a start
+    for x, y in _batches(loader, 20):
+        assert (x[:, 0] % 10 == 0).all()  # token i is i: every row starts a conversation
+        targets = x + 1  # what y is before masking
+        assert torch.equal(y, torch.where(targets % 10 >= 6, targets, -1))
+    val = data.ShardLoader(tmp_path, "val", 8, 16)
+    firsts = torch.cat([x[:, 0] for x, _ in _batches(val, 3)])
+    assert firsts.tolist() == [10 * (i % 19) for i in range(24)]  # every conversation once, in order
+
+
+def test_chat_side_files_are_checked(tmp_path):
+    _chat_dataset(tmp_path)
+    shard = tmp_path / "chat_train_000000.bin"
+    data.write_array(data.mask_path(shard), np.ones(199, dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"mask.npy: expected 200 uint8, got uint8 of shape \(199,\)"):
+        data.ShardLoader(tmp_path, "train", 2, 8)
+    data.write_shard(tmp_path / "chat_train_000001.bin", np.arange(100))
+    with pytest.raises(ValueError, match="some train shards have a .mask.npy beside them and some do not"):
+        data.ShardLoader(tmp_path, "train", 2, 8)
+    with pytest.raises(ValueError, match="no conversation that starts block_size \\+ 1 = 201 tokens before"):
+        data.ShardLoader(tmp_path, "val", 2, 200)
+
+
+def test_a_chat_split_is_read_whole_a_conversation_a_row(tmp_path):
+    """Every target that the masks count, once, each in a row that starts with its conversation."""
+    _chat_dataset(tmp_path)
+    counted = []
+    for x, y in data.whole_split_batches(tmp_path, "val", 3, 16):
+        assert (x[:, 0] % 10 == 0).all()  # token i is i: each row starts a conversation
+        counted += y[y >= 0].tolist()
+    assert sorted(counted) == [i for i in range(200) if i % 10 >= 6]

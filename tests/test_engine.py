@@ -103,15 +103,19 @@ def test_a_job_that_joins_mid_generation(model):
         engine.close()
 
 
-def test_stop_token_ends_a_choice(model):
-    stop = alone(model, [1, 2], 20, temperature=0.0)[3]
-    engine = Engine(model, max_rows=2, stop_token=stop)
+def test_each_job_ends_at_its_own_stop_token(model):
+    """A completion (<|endoftext|>) and a chat reply (<|end|>) in one batch: each stops at its own token."""
+    greedy = alone(model, [1, 2], 20, temperature=0.0)
+    stop = greedy[3]
+    engine = Engine(model, max_rows=2)
     try:
-        c = Collector()
-        engine.submit(Job([1, 2], c, max_tokens=20, temperature=0.0))
-        tokens, finish = c.wait(1)
+        stopped, other = Collector(), Collector()
+        engine.submit(Job([1, 2], stopped, max_tokens=20, temperature=0.0, stop_token=stop))
+        engine.submit(Job([1, 2], other, max_tokens=20, temperature=0.0, stop_token=50))  # an id never drawn
+        tokens, finish = stopped.wait(1)
         assert tokens[0] == alone(model, [1, 2], 20, temperature=0.0, stop_token=stop) and tokens[0][-1] == stop
         assert finish[0] == "stop"
+        assert other.wait(1) == ({0: greedy}, {0: "length"})
     finally:
         engine.close()
 

@@ -302,3 +302,29 @@ def test_every_switch_trains_causally_and_with_activation_checkpointing(switches
 def test_bad_switches(bad, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         GPTConfig(**{**TINY, **bad})
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_grow_vocab_keeps_the_model_and_starts_new_tokens_as_the_average(tie_embeddings):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, tie_embeddings=tie_embeddings))
+    idx = torch.randint(0, 50, (2, 8))
+    before, _ = model(idx)
+    model.grow_vocab(64)
+    after, _ = model(idx)
+    assert model.config.vocab_size == 64 and after.shape[-1] == 64
+    torch.testing.assert_close(after[..., :50], before)  # a wider matmul may round the last bit otherwise
+    # each new token's logit is the mean of the old ones
+    torch.testing.assert_close(after[..., 50:], before.mean(-1, keepdim=True).expand(-1, -1, 14))
+    assert (model.lm_head.weight is model.transformer.wte.weight) == tie_embeddings
+    assert model.transformer.wte(torch.tensor([63])).shape == (1, 16)  # the new ids are embedded
+    with pytest.raises(ValueError, match="cannot shrink"):
+        model.grow_vocab(10)
+
+
+def test_a_batch_whose_targets_are_all_masked_has_loss_zero_not_nan():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    _, loss = model(torch.randint(0, 50, (2, 8)), torch.full((2, 8), -1))
+    loss.backward()
+    assert loss.item() == 0.0 and all(torch.isfinite(p.grad).all() for p in model.parameters())

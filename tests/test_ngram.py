@@ -195,7 +195,12 @@ def test_script_on_a_vocabulary_learned_here(bpe_data, tmp_path):
     result = ngram_py(f"--dataset={data_dir}", "--order=3", "--num_samples=1", "--max_new_tokens=30",
                       "--start=ROMEO:")
     train, val = (data.read_shard(next(data_dir.glob(f"*{split}_*.bin"))) for split in ("train", "val"))
-    assert data.read_baselines(data_dir) == {3: pytest.approx(ngram.KneserNey(train, 3, 512).loss(val), rel=1e-12)}
+    loss = ngram.KneserNey(train, 3, 512).loss(val)
+    units = tokenizer.get_tokenizer(data.read_meta(data_dir)).units_per_token()
+    bits = loss * (len(val) - 1) / units[val[1:]].sum() / math.log(2)  # the text is ASCII: a byte a character
+    assert data.read_baselines(data_dir) == {3: {"val_loss": pytest.approx(loss, rel=1e-12),
+                                                 "val_bits": pytest.approx(bits, rel=1e-12)}}
+    assert f"{bits:.4f} bits per byte" in result.stdout
     assert "vocab_size 512" in result.stdout and "\nROMEO:" in result.stdout
 
 

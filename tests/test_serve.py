@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 import serve
 from checkpoint import load_model
-from conftest import CHARS, REPO, UNICODE, run, save_run, tiny_model
+from conftest import CHARS, CHAT_META, REPO, UNICODE, chat_reply, run, save_run, tiny_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer, train_bpe
@@ -41,12 +41,12 @@ def app_for(init_from, out_dir="", **limits):
     return serve.create_app(model, tokenizer, info, {**serve.SETTINGS, "max_tokens": LONG, **limits}), model
 
 
-@pytest.fixture(scope="module")
-def server(char_run, tmp_path_factory):
-    """python serve.py on port 0, as a user starts it; the address is the one it prints."""
+def serve_py(out_dir, tmp_path_factory, says=""):
+    """A module fixture's body: python serve.py on port 0, as a user starts it; yields the address that
+    it prints (in a line that says `says`), then stops it."""
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"--out_dir={char_run}", "--port=0",
+        proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), f"--out_dir={out_dir}", "--port=0",
                                  "--device=cpu", f"--max_tokens={LONG}"], stdout=subprocess.PIPE, stderr=stderr,
                                 text=True)
     line = proc.stdout.readline()
@@ -54,11 +54,17 @@ def server(char_run, tmp_path_factory):
     if not address:
         proc.kill()
         pytest.fail(f"serve.py printed {line!r}; stderr: {log.read_text()[-3000:]}")
-    assert "out-tiny (0.02M parameters, char (65) tokenizer, cpu float32)" in line
+    assert says in line
     yield address.group(1)
     proc.terminate()  # uvicorn shuts down cleanly on SIGTERM, then exits by the same signal
     assert proc.wait(timeout=30) in (0, -15), log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(char_run, tmp_path_factory):
+    yield from serve_py(char_run, tmp_path_factory,
+                        says="out-tiny (0.02M parameters, char (65) tokenizer, cpu float32)")
 
 
 @pytest.fixture(scope="module", params=["in_process", "uvicorn"])
@@ -372,5 +378,218 @@ def test_the_page_in_a_browser(server):
         browser.find_element(By.ID, "generate").click()
         error = browser.find_element(By.ID, "error")
         wait.until(lambda _: "temperature" in error.text)
+    finally:
+        browser.quit()
+
+
+# -----------------------------------------------------------------------------
+# chat: /v1/chat/completions of a chat model, and the page's chat view
+
+HELLO = [{"role": "system", "content": "Speak as a king."}, {"role": "user", "content": "Good morrow, my lord."}]
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    """A char chat model with random weights, rows to 128 as a grown model has (ids 69..127 are never drawn).
+    Untied: random tied embeddings make greedy decoding repeat the last token; this one's greedy reply to
+    HELLO is 13 characters, a <|system|> among them, and then <|end|>."""
+    model = tiny_model(n_layer=1, vocab_size=128, block_size=64, tie_embeddings=False)
+    return save_run(tmp_path_factory.mktemp("serve") / "out-chat", model, CHAT_META)
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_run, tmp_path_factory):
+    yield from serve_py(chat_run, tmp_path_factory)
+
+
+def chat_py(*args):
+    """chat.py's answer to one message (without the newline that ends it)."""
+    return run("chat.py", "--device=cpu", *args).stdout.removesuffix("\n")
+
+
+def chat(client, **body):
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_the_openai_client_chats_streamed_and_not(chat_server, chat_run):
+    import openai
+
+    client = openai.OpenAI(base_url=chat_server + "/v1", api_key="unused")
+    want = chat_py(f"--out_dir={chat_run}", "--system=Speak as a king.", "--prompt=Good morrow, my lord.",
+                   "--temperature=0", "--max_new_tokens=40")
+    got = client.chat.completions.create(model="out-chat", messages=HELLO, max_completion_tokens=40, temperature=0)
+    assert got.object == "chat.completion" and got.choices[0].message.role == "assistant"
+    # the special token that the reply drew is left out of its text, and <|end|> ends it
+    assert got.choices[0].message.content == want and len(want) == 13 and "<|" not in want
+    assert got.choices[0].finish_reason == "stop"
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (1 + 16 + 2 + 21 + 2, 15)
+    chunks = list(client.chat.completions.create(model="out-chat", messages=HELLO, max_tokens=40, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 15
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    # n choices with a seed: choice j is what generate() draws with seed + j, as for completions
+    settings = dict(temperature=0.9, top_p=0.95)
+    got = client.chat.completions.create(model="out-chat", messages=HELLO, max_tokens=20, n=2, seed=5,
+                                         extra_body={"top_k": 30}, **settings)
+    want = [chat_reply(chat_run, HELLO, 20, top_k=30, seed=5 + j, **settings) for j in range(2)]
+    assert [c.message.content for c in got.choices] == want
+    with pytest.raises(openai.BadRequestError, match="messages.1.role"):
+        client.chat.completions.create(model="out-chat", messages=[HELLO[0], {"role": "tool", "content": "x"}])
+
+
+def test_concurrent_chats_and_completions_never_mix(chat_run):
+    app, _ = app_for("resume", chat_run)
+    said = ["Hail!", "Who goes there?", "Peace, ho!", "O Romeo,", "Fie!", "Ay."]
+    chats = [dict(messages=[{"role": "user", "content": text}], max_tokens=15 + 2 * i,
+                  temperature=0.0 if i % 2 else 1.0, seed=i) for i, text in enumerate(said)]
+    completions = [dict(prompt=p, max_tokens=20, temperature=0.0) for p in ("ROMEO:", "KING:")]
+    with TestClient(app) as client:
+        solo = [chat(client, **c)["choices"][0]["message"]["content"] for c in chats]
+        solo_completions = [complete(client, **c)["choices"][0]["text"] for c in completions]
+
+        def one(i):  # chats, half of them streamed, beside completions in the same batch
+            if i >= len(chats):
+                return complete(client, **completions[i - len(chats)])["choices"][0]["text"]
+            if i % 2:
+                return chat(client, **chats[i])["choices"][0]["message"]["content"]
+            return "".join(c["choices"][0]["delta"].get("content", "") for c in stream_chat(client, **chats[i])
+                           if c["choices"])
+
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(one, range(len(chats) + len(completions))))
+    assert together == solo + solo_completions
+    assert solo == [chat_reply(chat_run, c["messages"], c["max_tokens"], c["temperature"], seed=c["seed"])
+                    for c in chats]
+
+
+def stream_chat(client, **body):
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    return [json.loads(e[6:]) for e in events[:-1]]
+
+
+def test_a_reply_ends_at_end_of_turn(tmp_path):
+    """A model whose every token is <|end|> answers with nothing, finish_reason stop."""
+    model = tiny_model(n_layer=1, vocab_size=69, block_size=64)
+    with torch.no_grad():  # the last hidden state all ones; only <|end|>'s row sums to much
+        model.transformer.ln_f.weight.zero_(), model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[68] = 1.0
+    app, _ = app_for("resume", save_run(tmp_path / "run", model, CHAT_META))
+    with TestClient(app) as client:
+        got = chat(client, messages=HELLO, max_tokens=10)["choices"][0]
+        assert (got["message"]["content"], got["finish_reason"]) == ("", "stop")
+        chunks = stream_chat(client, messages=HELLO, max_tokens=10)
+        assert [c["choices"][0]["delta"] for c in chunks] == [{"role": "assistant", "content": ""}, {}]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"messages": []}, "messages: an empty list; give at least one message"),
+    ({"messages": [{"role": "tool", "content": "x"}]},
+     "messages.0.role: Input should be 'system', 'user' or 'assistant', got \"tool\""),
+    ({"messages": [{"role": "user", "content": ["Hi"]}]},
+     'messages.0.content: Input should be a valid string, got ["Hi"]'),
+    ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
+    ({"messages": "Hi"}, 'messages: Input should be a valid list, got "Hi"'),
+    ({"messages": [{"role": "user", "content": "O" * 62}]},
+     "messages: 65 tokens, more than the 64 this server takes (the model's context, and --max_prompt_tokens)"),
+    ({"messages": [{"role": "user", "content": "Un café ?"}]},
+     "messages.0.content: characters not in the vocabulary: 'é'"),
+    ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6}, "max_tokens and max_completion_tokens differ"),
+    ({"messages": HELLO, "max_completion_tokens": LONG + 1}, f"max_tokens: {LONG + 1} is above this server's limit"),
+    ({"messages": HELLO, "n": 5}, "above this server's limit of 4 (--max_n)"),
+    ({"messages": HELLO, "logprobs": True}, "logprobs: not supported"),
+    ({"messages": HELLO, "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
+])
+def test_bad_chat_requests_are_a_clear_400(chat_run, body, message):
+    app, _ = app_for("resume", chat_run)
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        assert chat(client, messages=HELLO, max_tokens=2, temperature=0)["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_base_model_refuses_chat_and_keeps_completing(api):
+    r = api.post("/v1/chat/completions", json={"messages": HELLO})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("out-tiny is not a chat model (its tokenizer has no chat tokens)")
+    assert complete(api, prompt="ROMEO:", max_tokens=2)["choices"][0]["finish_reason"] == "length"
+    assert api.get("/v1/models").json()["data"][0]["chat"] is False
+
+
+@pytest.fixture(scope="module")
+def endless_chat_server(tmp_path_factory):
+    """A chat model whose greedy replies never end: every logit large but <|end|>'s, which is 0."""
+    model = tiny_model(n_layer=1, vocab_size=69, block_size=64, tie_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+        model.lm_head.weight[68] = 0.0
+    yield from serve_py(save_run(tmp_path_factory.mktemp("serve") / "out-endless", model, CHAT_META), tmp_path_factory)
+
+
+def test_the_chat_page_in_a_browser(endless_chat_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def set_field(name, value):
+        browser.find_element(By.ID, name).clear()
+        browser.find_element(By.ID, name).send_keys(value)
+
+    browser = chromium()
+    try:
+        wait = WebDriverWait(browser, 20)
+        browser.get(endless_chat_server + "/")
+        wait.until(lambda _: "a chat model" in browser.find_element(By.ID, "info").text)
+        assert browser.find_element(By.ID, "message").is_displayed()
+        assert not browser.find_element(By.ID, "prompt").is_displayed()  # the completion view is hidden
+        set_field("temperature", "0")
+        stats = browser.find_element(By.ID, "stats")
+        said = ["Good morrow, my lord.", "Who goes there?"]
+        for text, max_tokens in zip(said, ("12", "9")):
+            set_field("max_tokens", max_tokens)
+            browser.find_element(By.ID, "message").send_keys(text + Keys.ENTER)  # Enter sends
+            wait.until(lambda _: stats.text.startswith(f"{max_tokens} tokens") and "(max tokens)" in stats.text)
+        turns = browser.find_elements(By.CSS_SELECTOR, "#messages .turn")
+        assert [t.get_attribute("class") for t in turns] == ["turn user", "turn assistant"] * 2
+        assert all(t.is_displayed() for t in turns) and [turns[0].text, turns[2].text] == said
+        # each reply is the API's to the conversation so far: the page sends the history
+        history = []
+        with httpx.Client(base_url=endless_chat_server) as client:
+            for i, max_tokens in enumerate((12, 9)):
+                history.append({"role": "user", "content": said[i]})
+                want = chat(client, messages=history, max_tokens=max_tokens, temperature=0)["choices"][0]
+                assert turns[2 * i + 1].get_attribute("textContent") == want["message"]["content"]
+                history.append(want["message"])
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        # a third message makes a prompt longer than the context: the server's message is shown, and the
+        # message goes back to its box
+        browser.find_element(By.ID, "message").send_keys("And then?" + Keys.ENTER)
+        wait.until(lambda _: "more than the 64 this server takes" in browser.find_element(By.ID, "error").text)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 4
+        assert browser.find_element(By.ID, "message").get_attribute("value") == "And then?"
+        browser.find_element(By.ID, "new").click()
+        assert browser.find_elements(By.CSS_SELECTOR, "#messages .turn") == []
+        # Stop ends a reply that would go on, and keeps what it had
+        set_field("max_tokens", str(LONG))
+        browser.find_element(By.ID, "message").send_keys(Keys.ENTER)
+        reply = browser.find_elements(By.CSS_SELECTOR, "#messages .turn")[-1]
+        wait.until(lambda _: len(reply.get_attribute("textContent")) > 20)
+        browser.find_element(By.ID, "stop").click()
+        wait.until(lambda _: "stopped" in stats.text)
+        with httpx.Client(base_url=endless_chat_server) as client:
+            wait_idle(client)  # Stop ended the generation on the server
+        stopped = reply.get_attribute("textContent")
+        time.sleep(0.3)
+        assert reply.get_attribute("textContent") == stopped and browser.find_element(By.ID, "send").is_enabled()
+        assert [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#messages .turn")][0] == "And then?"
     finally:
         browser.quit()

@@ -3,7 +3,9 @@
 import json
 import math
 import os
+import random
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import data
+import prepare_chat
 import prepare_shakespeare
 from configurator import configure, script_defaults
 from conftest import REPO, TORCHRUN, run
@@ -394,6 +397,106 @@ def gpt2_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chat_data(char_data, tmp_path_factory):
+    """Tiny Shakespeare's chat set, in its character vocabulary, for a context of 32."""
+    out = tmp_path_factory.mktemp("shakespeare_chat")
+    prepare_chat.main(["--shakespeare", "--tokenizer_from", str(char_data), "--block_size", "32",
+                       "--out_dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def gpt2_chat_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shakespeare_chat_gpt2")
+    prepare_chat.main(["--shakespeare", "--block_size", "32", "--out_dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def char_run(char_data, tmp_path_factory):
+    """A 4-step char run of the shape of TINY, to fine-tune."""
+    out = tmp_path_factory.mktemp("char_run")
+    train(*TINY, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=4")
+    return out
+
+
+def test_the_loss_counts_only_the_assistant(char_data, tmp_path):
+    """User turns of random letters, always answered "I know.": the loss can fall close to zero only if
+    it counts the answers alone; with the letters it could not go below about 2.5 (20 of 29 targets
+    at ln 52)."""
+    rng = random.Random(0)
+    rows = [{"messages": [{"role": "user", "content": "".join(rng.choices(string.ascii_letters, k=20))},
+                          {"role": "assistant", "content": "I know."}]} for _ in range(400)]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare_chat.main(["--data_files", str(tmp_path / "chats.jsonl"), "--tokenizer_from", str(char_data),
+                       "--block_size", "32", "--out_dir", str(tmp_path / "chat")])
+    train(*TINY, f"--dataset={tmp_path / 'chat'}", f"--out_dir={tmp_path / 'out'}", "--dropout=0.0",
+          "--max_iters=40", "--lr_decay_iters=40", "--learning_rate=1e-2", "--eval_interval=40")
+    log = read_log(tmp_path / "out")
+    losses = [r["train_loss"] for r in log if "train_loss" in r]
+    assert losses[0] > 3.0 and max(losses[-5:]) < 0.05 and log[-1]["val_loss"] < 0.05
+
+
+def test_a_run_fine_tuned_for_chat_grows_its_vocabulary_and_resumes_exactly(char_run, chat_data, tmp_path):
+    common = [*TINY, f"--dataset={chat_data}", f"--init_from={char_run}"]
+    result = train(*common, f"--out_dir={tmp_path / 'whole'}", "--max_iters=8")
+    assert f"fine-tuning {char_run} in {tmp_path / 'whole'}" in result.stdout
+    base, chat = load(char_run), load(tmp_path / "whole")
+    # 65 characters and 4 chat tokens, in rows to a multiple of 64
+    assert base["model_args"]["vocab_size"] == 65 and chat["model_args"]["vocab_size"] == 128
+    assert chat["meta"]["chat"] and chat["meta"]["vocab_size"] == 69
+    # stopped and resumed, it is the uninterrupted run bit for bit
+    train(*common, f"--out_dir={tmp_path / 'cut'}", "--max_iters=4")
+    train(*TINY, f"--dataset={chat_data}", f"--out_dir={tmp_path / 'cut'}", "--init_from=resume", "--max_iters=8")
+    assert_same_state(load(tmp_path / "cut"), chat)
+    assert read_log(tmp_path / "cut") == read_log(tmp_path / "whole")
+
+
+def test_a_bpe_run_fine_tunes_for_chat_on_the_chat_tokens_it_has(bpe_data, tmp_path):
+    prepare_chat.main(["--shakespeare", "--tokenizer_from", str(bpe_data), "--block_size", "32",
+                       "--out_dir", str(tmp_path / "chat")])
+    train(*TINY, f"--dataset={bpe_data}", f"--out_dir={tmp_path / 'base'}", "--max_iters=2")
+    train(*TINY, f"--dataset={tmp_path / 'chat'}", f"--init_from={tmp_path / 'base'}",
+          f"--out_dir={tmp_path / 'chat_run'}", "--max_iters=2")
+    chat = load(tmp_path / "chat_run")
+    assert chat["model_args"]["vocab_size"] == 512 and chat["meta"]["chat"]  # no row added
+    # another vocabulary of the same kind is other tokens
+    (tmp_path / "other.txt").write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:20_000])
+    prepare_shakespeare.main(["--input", str(tmp_path / "other.txt"), "--tokenizer", "bpe", "--vocab_size", "300",
+                              "--out_dir", str(tmp_path / "other")])
+    result = train(*TINY, f"--dataset={tmp_path / 'other'}", f"--init_from={tmp_path / 'base'}",
+                   f"--out_dir={tmp_path / 'refused'}", check=False)
+    assert result.returncode != 0 and (f"was trained on another tokenizer's tokens (bpe) than {tmp_path / 'other'} "
+                                       f"(bpe): prepare the data with --tokenizer_from set to the dataset that the run "
+                                       f"trained on ({bpe_data})") in result.stderr
+
+
+def test_openai_gpt2_grows_rows_for_the_chat_tokens(hf_dir, gpt2_chat_data, tmp_path):
+    train(f"--init_from={hf_dir}", f"--dataset={gpt2_chat_data}", f"--out_dir={tmp_path}", "--device=cpu",
+          "--compile=False", "--block_size=32", "--batch_size=2", "--max_iters=0", "--eval_iters=1")
+    wte = load(tmp_path)["model"]["transformer.wte.weight"]
+    assert wte.shape == (50304, 16)  # 50257 + 4 chat tokens, padded to a multiple of 64 as ours are
+    torch.testing.assert_close(wte[50257:], wte[:50257].mean(0).expand(47, -1))
+
+
+def test_ddp_on_a_chat_dataset_matches_one_process(chat_data, tmp_path):
+    assert_ddp_matches_one_process([*TINY, f"--dataset={chat_data}", "--gradient_accumulation_steps=4"], tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block_size=64"], "block_size=64 but the model of {run} has a context of 32: use --block_size=32 or less"),
+    (["--n_layer=3"], "n_layer=3 but the run in {run} has n_layer=2: a fine-tuned model keeps its shape"),
+    (["--dataset={gpt2_chat}"], "{run} was trained on another tokenizer's tokens (char) than {gpt2_chat} (gpt2)"),
+])
+def test_fine_tuning_a_run_says_what_does_not_fit(char_run, chat_data, gpt2_chat_data, tmp_path, args, message):
+    names = dict(run=char_run, gpt2_chat=gpt2_chat_data)
+    result = train(*TINY, f"--dataset={chat_data}", f"--init_from={char_run}", f"--out_dir={tmp_path}",
+                   *(a.format(**names) for a in args), check=False)
+    assert result.returncode != 0 and message.format(**names) in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
 def hellaswag_args(tmp_path_factory):
     """HellaSwag every 2 steps, on the first 8 examples of the tests' real ones."""
     path = tmp_path_factory.mktemp("hellaswag") / "val.jsonl"
@@ -539,6 +642,12 @@ MEANING = {
     **{f"eval_{name.replace('-', '_')}.py": dict(init_from=name, dataset="fineweb_edu", block_size=1024, batch_size=8,
                                                  eval_iters=500, eval_only=True)
        for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")},
+    # the chat configs: what they set
+    "chat_shakespeare_char_cpu.py": dict(init_from="out-shakespeare-char-cpu", dataset="shakespeare_chat",
+                                         batch_size=12, block_size=64, dropout=0.0, learning_rate=1e-3, max_iters=300,
+                                         beta2=0.99, device="cpu", compile=False),
+    "chat_gpt2.py": dict(init_from="gpt2", dataset="smoltalk", total_batch_size=131072, batch_size=16, block_size=1024,
+                         dropout=0.0, learning_rate=1e-4, min_lr=1e-5, weight_decay=0.0, max_iters=2000),
 }
 
 
@@ -561,14 +670,18 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(MEANING))
-def test_each_config_starts(name, char_data, gpt2_data, hf_dir, tmp_path):
+def test_each_config_starts(name, char_data, gpt2_data, chat_data, gpt2_chat_data, hf_dir, tmp_path):
     meaning = MEANING[name]
-    data = char_data if meaning["dataset"] == "shakespeare_char" else gpt2_data
+    data = dict(shakespeare_char=char_data, shakespeare_chat=chat_data, smoltalk=gpt2_chat_data).get(
+        meaning["dataset"], gpt2_data)
     tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_iters=1",
             "--max_iters=1", "--device=cpu", "--compile=False", "--hellaswag_interval=0"]
     if "total_batch_size" in meaning:
         tiny.append("--total_batch_size=128")
-    if "init_from" in meaning:
+    if meaning.get("init_from") == "out-shakespeare-char-cpu":  # the quick start's run, here a tiny one
+        train(*tiny, f"--dataset={char_data}", f"--out_dir={tmp_path / 'base'}")
+        tiny.append(f"--init_from={tmp_path / 'base'}")
+    elif "init_from" in meaning:
         tiny.append(f"--init_from={hf_dir}")
     result = train(f"config/{name}", f"--dataset={data}", f"--out_dir={tmp_path / 'out'}", *tiny)
     assert "iter 0: val loss" in result.stdout
