@@ -111,6 +111,9 @@ def conversations(args, fits):
     unknown = [f for f in args.data_files if Path(f).suffix not in readers]
     if unknown:
         raise ValueError(f"--data_files: {unknown[0]} is neither .jsonl (JSON lines) nor .parquet")
+    missing = [f for f in args.data_files if not Path(f).is_file()]
+    if missing:  # said before any row is read, not as an OSError halfway through the files
+        raise FileNotFoundError(f"--data_files: no file {missing[0]}")
     return (row for f in args.data_files for row in readers[Path(f).suffix](f, args.messages_column))
 
 

@@ -151,6 +151,7 @@ def test_errors_are_one_line_and_leave_nothing_behind(char_data, tmp_path):
         (["--data_files", broken], f"{broken}:2: not JSON (Expecting property name enclosed in double quotes)"),
         (["--data_files", no_column], f"{no_column}:1: the row has no 'messages': name the column"),
         (["--data_files", tmp_path / "chats.csv"], "chats.csv is neither .jsonl (JSON lines) nor .parquet"),
+        (["--data_files", good, tmp_path / "typo.jsonl"], f"--data_files: no file {tmp_path / 'typo.jsonl'}"),
         (["--data_files", write_jsonl(tmp_path / "few.jsonl", [{"messages": CONVERSATIONS[0]}] * 5)],
          "5 usable conversations: too few for a val split"),
         (["--shakespeare", "--tokenizer_from", tmp_path / "nothing"], "no prepared dataset at"),
