@@ -247,7 +247,9 @@ def test_ctrl_c_ends_the_run_at_once_and_keeps_what_is_whole(sample, tmp_path):
     out_dir = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(Path(prepare_fineweb.__file__)), "--data_files", str(source),
                              "--out_dir", str(out_dir), "--shard_size", str(SHARD), "--num_proc", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            # as at a terminal: a shell's background job (CI's, maybe) starts with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len(list(out_dir.glob("*_train_*.bin"))) < 3:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
