@@ -45,6 +45,7 @@ def shard_name(prefix, split, index):
 PREPARE_COMMANDS = {
     "shakespeare_char": "python prepare_shakespeare.py",
     "shakespeare": "python prepare_shakespeare.py --tokenizer gpt2",
+    "shakespeare_bpe512": "python prepare_shakespeare.py --tokenizer bpe --vocab_size 512",
     "fineweb_edu": "python prepare_fineweb.py",
     "shakespeare_chat": "python prepare_chat.py --shakespeare --tokenizer_from data/shakespeare_char --block_size=64",
     "smoltalk": "python prepare_chat.py --dataset HuggingFaceTB/smol-smoltalk --out_dir data/smoltalk",

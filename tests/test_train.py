@@ -639,6 +639,10 @@ MEANING = {
                                                  n_embd=128, dropout=0.0, optimizer="muon", muon_lr=0.015,
                                                  learning_rate=2e-3, min_lr=2e-4, max_iters=400, lr_decay_iters=None,
                                                  beta2=0.99, warmup_iters=50),
+    "train_shakespeare_record_cpu.py": dict(dataset="shakespeare_bpe512", batch_size=8, block_size=128, n_layer=4,
+                                            n_head=4, n_embd=192, dropout=0.0, rope=True, optimizer="adamw",
+                                            learning_rate=3e-3, min_lr=3e-4, max_iters=2000, eval_iters=0,
+                                            device="cpu", compile=False),
     **{f"eval_{name.replace('-', '_')}.py": dict(init_from=name, dataset="fineweb_edu", block_size=1024, batch_size=8,
                                                  eval_iters=500, eval_only=True)
        for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")},
@@ -670,10 +674,10 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(MEANING))
-def test_each_config_starts(name, char_data, gpt2_data, chat_data, gpt2_chat_data, hf_dir, tmp_path):
+def test_each_config_starts(name, char_data, bpe_data, gpt2_data, chat_data, gpt2_chat_data, hf_dir, tmp_path):
     meaning = MEANING[name]
-    data = dict(shakespeare_char=char_data, shakespeare_chat=chat_data, smoltalk=gpt2_chat_data).get(
-        meaning["dataset"], gpt2_data)
+    data = dict(shakespeare_char=char_data, shakespeare_bpe512=bpe_data, shakespeare_chat=chat_data,
+                smoltalk=gpt2_chat_data).get(meaning["dataset"], gpt2_data)
     tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_iters=1",
             "--max_iters=1", "--device=cpu", "--compile=False", "--hellaswag_interval=0"]
     if "total_batch_size" in meaning:
