@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import data
 from prepare_shakespeare import SHIPPED
-from tokenizer import GPT2_ENV, ROLES, get_tokenizer, render_conversation
+from tokenizer import GPT2_ENV, ROLES, get_tokenizer, render_conversation, tokenizer_from
 
 PREFIX = "chat"
 VAL_EVERY = 20  # conversation 19, 39, 59, ... goes to val
@@ -179,16 +179,9 @@ class Split:
 
 def chat_tokenizer(args):
     """The tokenizer of --tokenizer_from's dataset (GPT-2's without it), with its chat tokens."""
-    base = {"tokenizer": "gpt2"}
     if args.tokenizer_from:
-        directory = data.dataset_dir(args.tokenizer_from)
-        base = data.read_meta(directory)
-        if base is None:
-            command = data.PREPARE_COMMANDS.get(Path(directory).name, "prepare_shakespeare.py")
-            raise FileNotFoundError(f"--tokenizer_from {args.tokenizer_from}: no prepared dataset at {directory} (no "
-                                    f"{data.META_FILE}): make it first (python {command.removeprefix('python ')}), "
-                                    "or leave --tokenizer_from out for GPT-2's tokens")
-    return get_tokenizer({**base, "chat": True}, vocab_file=args.vocab_file)
+        return tokenizer_from(args.tokenizer_from, args.vocab_file, chat=True)
+    return get_tokenizer({"tokenizer": "gpt2", "chat": True}, vocab_file=args.vocab_file)
 
 
 def prepare(args):

@@ -21,7 +21,7 @@ import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-from data import MAX_VOCAB, META_FILE, read_meta
+from data import MAX_VOCAB, META_FILE, PREPARE_COMMANDS, dataset_dir, read_meta
 
 # GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
 # shipped so that nothing needs the network
@@ -338,6 +338,18 @@ def add_tokenizer_arguments(parser, kinds, default):
     parser.set_defaults(default_tokenizer=default, tokenizer_kinds=kinds)
 
 
+def tokenizer_from(dataset, vocab_file=None, chat=False):
+    """The tokenizer of a prepared dataset (a directory, or a name under data/), as --tokenizer_from
+    takes it; with chat, its chat tokens too."""
+    meta = read_meta(dataset_dir(dataset))
+    if meta is None:
+        command = PREPARE_COMMANDS.get(Path(dataset).name)
+        make = f"make it with `{command}`" if command else "prepare that dataset first"
+        raise ValueError(f"--tokenizer_from {dataset}: no prepared dataset there (no {META_FILE}), so no tokenizer "
+                         f"to take: {make}")
+    return get_tokenizer({**meta, "chat": True} if chat else meta, vocab_file)
+
+
 def choose_tokenizer(args):
     """What add_tokenizer_arguments' flags ask for: (kind, tokenizer), the tokenizer being None for the
     kinds that are made from the data (char, bpe: the script makes it), ready for the others. A bad
@@ -346,10 +358,7 @@ def choose_tokenizer(args):
         if args.tokenizer or args.vocab_size is not None or args.pattern:
             raise ValueError("--tokenizer_from takes another dataset's tokenizer as it is: "
                              "leave out --tokenizer, --vocab_size and --pattern")
-        meta = read_meta(args.tokenizer_from)
-        if meta is None:
-            raise ValueError(f"--tokenizer_from {args.tokenizer_from}: no {META_FILE} there, so no tokenizer to take")
-        tokenizer = get_tokenizer(meta, args.vocab_file)
+        tokenizer = tokenizer_from(args.tokenizer_from, args.vocab_file)
         if tokenizer.kind not in args.tokenizer_kinds:
             raise ValueError(f"--tokenizer_from {args.tokenizer_from} has a {tokenizer.kind} tokenizer; "
                              f"this script makes datasets of {', '.join(args.tokenizer_kinds)} tokens")

@@ -59,12 +59,14 @@ def test_bpe_learned_from_the_train_split(tmp_path):
     assert tokenizer.train_bpe([text], 512).enc._mergeable_ranks != learned.enc._mergeable_ranks
 
 
-def test_a_dataset_made_with_the_tokenizer_of_another(tmp_path):
-    base = tmp_path / "base"
+def test_a_dataset_made_with_the_tokenizer_of_another(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "data" / "base"
     prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "300", "--pattern", "gpt2", "--out_dir", str(base)])
     mine = tmp_path / "mine.txt"
     mine.write_text("Fine-tuning text, with characters Shakespeare never wrote: 日本語 🙂\n" * 10)
-    prepare_shakespeare.main(["--input", str(mine), "--tokenizer_from", str(base), "--out_dir", str(tmp_path / "ft")])
+    # the dataset by its name under data/, as --dataset names it
+    prepare_shakespeare.main(["--input", str(mine), "--tokenizer_from", "base", "--out_dir", str(tmp_path / "ft")])
     meta, train, val = _decoded(tmp_path / "ft")
     assert train + val == mine.read_text()
     assert (meta["vocab_size"], meta["pattern"]) == (300, "gpt2")
@@ -104,7 +106,8 @@ def test_default_out_dirs(tmp_path, monkeypatch):
     (None, ["--tokenizer", "bpe", "--vocab_size", "65536"], "error: the text has room for 20,"),
     (None, ["--vocab_size", "512"], "error: --vocab_size and --pattern are for --tokenizer bpe"),
     (None, ["--tokenizer", "gpt2", "--pattern", "gpt2"], "error: --vocab_size and --pattern are for --tokenizer bpe"),
-    (None, ["--tokenizer_from", "data/x"], "error: --tokenizer_from data/x: no meta.json there"),
+    (None, ["--tokenizer_from", "data/x"], "error: --tokenizer_from data/x: no prepared dataset there (no meta.json), "
+                                           "so no tokenizer to take: prepare that dataset first"),
     ("a_file", ["--tokenizer_from", ".", "--tokenizer", "bpe"], "error: --tokenizer_from takes another dataset's "
                                                                 "tokenizer as it is: leave out --tokenizer"),
 ])
