@@ -5,13 +5,16 @@ Loss curves of training runs, drawn from their out_dir/log.jsonl.
   python plot.py out-a out-b --x=tokens --out=curves.svg        # runs of different batch sizes
   python plot.py out-gpt2 --ref "GPT-2 124M=3.29"               # a reference line on the val panel
   python plot.py out-char out-bpe --bits                        # losses in bits per character or byte
+  python plot.py out-shakespeare-record-cpu --bits --baselines shakespeare_char   # the char n-grams too
 
 Panels: train loss (smoothed, the raw values faint), val loss, and where a log has them
 HellaSwag accuracy, learning rate and tokens/s; one colour per run, labelled by its directory.
 The val panel also shows the n-gram baselines that ngram.py recorded for the run's dataset.
 --x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and the
 baselines) in bits per character for char datasets or per UTF-8 byte for BPE ones, the scale on
-which runs of different tokenizers compare. PNG, SVG or PDF by --out's extension.
+which runs of different tokenizers compare; with --bits, --baselines DATASET adds the n-gram lines
+of another dataset of the same text, e.g. the character n-grams beside a BPE run. PNG, SVG or PDF
+by --out's extension.
 A log that a run is still writing, a resumed run's log and a DDP run's log all read as they are.
 train.py redraws out_dir/loss.png with this at every evaluation when matplotlib is installed.
 """
@@ -27,7 +30,7 @@ import sys
 import numpy as np
 
 from atomic import write_atomically
-from data import read_baselines
+from data import dataset_dir, read_baselines
 
 FORMATS = ("png", "svg", "pdf")
 WIDTH, ROW_HEIGHT, DPI = 12, 3.5, 100  # inches, and pixels per inch: a PNG is 1200 px wide, 350 px a row
@@ -101,26 +104,43 @@ def smoothed(y, fraction):
     return (cumulative[i + half + 1] - cumulative[i - half]) / (2 * half + 1)
 
 
-def reference_lines(logs, refs, bits=False):
-    """(label, value) of each line on the val panel: the runs' datasets' baselines (in nats per
-    token, or bits: those recorded with bits), then refs."""
-    datasets = list(dict.fromkeys(dataset for _, dataset in logs if dataset))
+def reference_lines(logs, refs, bits=False, others=()):
+    """(label, value) of each line on the val panel: the n-gram baselines (in nats per token, or bits:
+    those recorded with bits) of the runs' datasets and of others, datasets named by --baselines, then
+    refs. Another dataset's n-gram may count other tokens, so its lines are drawn only in bits."""
+    if others and not bits:
+        raise ValueError("--baselines: another dataset's n-gram losses compare with a run's only in bits per "
+                         "character or byte; add --bits")
+    named = {}
+    for name in others:
+        path = os.path.abspath(dataset_dir(name))
+        if not os.path.isdir(path):
+            raise ValueError(f"--baselines {name}: no such dataset directory")
+        named[path] = name
+    datasets = list(dict.fromkeys([dataset for _, dataset in logs if dataset] + list(named)))
     lines = []
     for dataset in datasets:
         try:
             baselines = read_baselines(dataset)
         except (OSError, ValueError) as e:
+            if dataset in named:
+                raise
             warn(f"no baselines drawn for {dataset}: {e}")
             continue
         name = f" ({os.path.basename(os.path.normpath(dataset))})" if len(datasets) > 1 else ""
-        lines += [(f"{order}-gram KN{name}", b[VAL[bits]]) for order, b in baselines.items()
-                  if b[VAL[bits]] is not None]
+        found = [(f"{order}-gram KN{name}", b[VAL[bits]]) for order, b in baselines.items()
+                 if b[VAL[bits]] is not None]
+        if dataset in named and not found:
+            raise ValueError(f"--baselines {named[dataset]}: no n-gram baselines in bits recorded there; "
+                             f"run python ngram.py --dataset={named[dataset]} --order=7 first")
+        lines += found
     return lines + list(refs)
 
 
-def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False):
+def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=()):
     """Draws runs (their out_dirs) into out, a .png, .svg or .pdf file, written whole or not at all;
-    with bits, the losses in bits per character or byte rather than nats per token."""
+    with bits, the losses in bits per character or byte rather than nats per token; baselines names
+    datasets whose n-gram lines are drawn beside the runs' own."""
     fmt = out.rsplit(".", 1)[-1].lower()
     if fmt not in FORMATS:
         raise ValueError(f"cannot write {out}: name a .png, .svg or .pdf file")
@@ -130,7 +150,7 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False):
         raise ValueError("plot.py needs matplotlib: pip install matplotlib") from None
 
     logs = [read_log(run) for run in runs]
-    lines = reference_lines(logs, refs, bits)
+    lines = reference_lines(logs, refs, bits, baselines)
     panels = [(title, fields) for title, fields in (BITS_PANELS + PANELS[2:] if bits else PANELS)
               if any(f in series for series, _ in logs for f in fields) or (fields == [VAL[bits]] and lines)]
     cols = 1 if len(panels) == 1 else 2
@@ -195,11 +215,15 @@ def main(argv=None):
                         help="train loss: moving average over this fraction of a run's points (default 0.02)")
     parser.add_argument("--bits", action="store_true",
                         help="losses in bits per character (char data) or UTF-8 byte (BPE) instead of nats per token")
+    parser.add_argument("--baselines", action="append", default=[], metavar="DATASET",
+                        help="with --bits: also draw the n-gram baselines of this dataset (e.g. shakespeare_char "
+                             "beside a BPE run); repeat for more")
     args = parser.parse_args(argv)
     try:
         if not 0 <= args.smooth <= 1:
             raise ValueError(f"--smooth={args.smooth}: it must lie in [0, 1]")
-        draw(args.runs, args.out, args.x, [parse_ref(r) for r in args.ref], args.smooth, args.bits)
+        draw(args.runs, args.out, args.x, [parse_ref(r) for r in args.ref], args.smooth, args.bits,
+             args.baselines)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 

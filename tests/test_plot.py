@@ -92,6 +92,36 @@ def test_bits_draws_the_losses_and_baselines_in_bits(tmp_path, capsys):
     assert png_size(tmp_path / "bits.png") == (1200, 700)  # train and val in bits, lr, tokens/s
 
 
+def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkeypatch):
+    """A BPE run beside the character n-grams of the same text: only bits per character compare."""
+    monkeypatch.chdir(tmp_path)
+    chars, bpe, old = tmp_path / "data" / "chars", tmp_path / "bpe", tmp_path / "old"
+    for dataset in chars, bpe, old:
+        dataset.mkdir(parents=True)
+    data.record_baseline(chars, 3, 2.04, 2.94)
+    data.record_baseline(chars, 7, 1.52, 2.19)
+    data.record_baseline(bpe, 6, 3.01, 2.18)
+    (old / "baselines.json").write_text('{"7": 1.52}')  # nats only
+    run = tmp_path / "out"
+    write_log(run, [{"iter": 0, "dataset": str(bpe), "bits_per": "byte"}, *steps(0, 20, 64),
+                    {"iter": 19, "val_loss": 3.0, "val_bits": 2.17}])
+    logs = [plot.read_log(run)]
+    assert plot.reference_lines(logs, [], bits=True, others=["chars"]) == [  # a name under data/
+        ("6-gram KN (bpe)", 2.18), ("3-gram KN (chars)", 2.94), ("7-gram KN (chars)", 2.19)]
+    assert plot.reference_lines(logs, [], bits=True, others=[str(bpe)]) == [("6-gram KN", 2.18)]
+    assert plot_main(capsys, run, "--out=bits.png", "--bits", "--baselines", "chars") == (0, "")
+    assert png_size(tmp_path / "bits.png") == (1200, 700)
+
+    for args, error in [(["--baselines", "chars"], "error: --baselines: another dataset's n-gram losses compare "
+                         "with a run's only in bits per character or byte; add --bits\n"),
+                        (["--bits", "--baselines", "nowhere"], "error: --baselines nowhere: no such dataset "
+                         "directory\n"),
+                        (["--bits", "--baselines", "old"], "error: --baselines old: no n-gram baselines in bits "
+                         "recorded there; run python ngram.py --dataset=old --order=7 first\n")]:
+        assert plot_main(capsys, run, "--out=no.png", *args) == (1, error)
+    assert not (tmp_path / "no.png").exists()
+
+
 def test_svg_and_pdf_by_extension(two_runs, tmp_path, capsys):
     assert plot_main(capsys, *two_runs, f"--out={tmp_path / 'curves.svg'}") == (0, "")
     assert plot_main(capsys, two_runs[0], f"--out={tmp_path / 'curves.PDF'}") == (0, "")
