@@ -102,6 +102,12 @@ def save_pretrained(model, directory, eos_token_id=GPT2_VOCAB_SIZE - 1, bos_toke
     write_json(os.path.join(directory, "config.json"), hf_config)
 
 
+def added_token(token):
+    """A special token as Hugging Face's tokenizer files describe it: matched whole, as written."""
+    return {"content": token, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+            "special": True}
+
+
 def save_gpt2_tokenizer(directory, tokenizer, model_max_length):
     """GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer_config.json), made from the
     tiktoken ranks that data.py loads offline, so that transformers' AutoTokenizer and pipeline
@@ -118,9 +124,7 @@ def save_gpt2_tokenizer(directory, tokenizer, model_max_length):
               **special}
     if tokenizer.chat_tokens:  # tokens of their own, split out of the text before BPE
         special["additional_special_tokens"] = list(tokenizer.chat_tokens)
-        config["added_tokens_decoder"] = {str(i): {"content": token, "lstrip": False, "rstrip": False,
-                                                   "normalized": False, "single_word": False, "special": True}
-                                          for token, i in specials.items()}
+        config["added_tokens_decoder"] = {str(i): added_token(token) for token, i in specials.items()}
         config.update(special, chat_template=CHAT_TEMPLATE)
     write_json(os.path.join(directory, "vocab.json"), vocab)
     write_atomically(os.path.join(directory, "merges.txt"),
@@ -142,8 +146,7 @@ def save_bpe_tokenizer(directory, tokenizer, model_max_length):
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     write_json(os.path.join(directory, "tokenizer.json"), {
         "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True} for token, i in enc._special_tokens.items()],
+        "added_tokens": [{"id": i, **added_token(token)} for token, i in enc._special_tokens.items()],
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": enc._pat_str}, "behavior": "Isolated", "invert": False},
