@@ -27,7 +27,7 @@ from checkpoint import find_run, load_model
 from configurator import configure
 from data import dataset_dir, read_meta, whole_split_batches
 from device import autocast_for, resolve_device
-from tokenizer import get_tokenizer
+from tokenizer import get_tokenizer, token_ids
 
 
 @torch.no_grad()
@@ -89,10 +89,14 @@ def main(argv):
             raise ValueError(f"init_from={c['init_from']} has no dataset of its own: name one with --dataset=NAME")
         data_dir = dataset_dir(dataset)
         data_tokenizer = get_tokenizer(read_meta(data_dir))
-        if data_tokenizer.meta() != tokenizer.meta():
+        # a chat model's ids are its base's and the chat tokens: it reads its base's plain data too
+        if token_ids(data_tokenizer.meta()) != token_ids(tokenizer.meta()):
             raise ValueError(f"{data_dir} is tokenized as {data_tokenizer.kind} ({data_tokenizer.vocab_size} tokens) "
                              f"and the model as {tokenizer.kind} ({tokenizer.vocab_size}), or with another vocabulary: "
                              "evaluate it on data made with its own tokenizer")
+        if data_tokenizer.chat_tokens and not tokenizer.chat_tokens:
+            raise ValueError(f"{data_dir} holds conversations, whose chat tokens the model does not have: evaluate a "
+                             "model fine-tuned on them, or the model on plain text")
         batches = whole_split_batches(data_dir, c["split"], c["batch_size"], model.config.block_size, rank, world_size)
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)

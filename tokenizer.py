@@ -338,6 +338,13 @@ def add_tokenizer_arguments(parser, kinds, default):
     parser.set_defaults(default_tokenizer=default, tokenizer_kinds=kinds)
 
 
+def token_ids(meta):
+    """What a model's token ids mean, chat tokens aside: the tokenizer, and its characters or its
+    trained vocabulary, if any."""
+    meta = meta or {"tokenizer": "gpt2"}  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
+    return meta["tokenizer"], meta.get("chars"), meta.get("pattern"), meta.get("vocab")
+
+
 def tokenizer_from(dataset, vocab_file=None, chat=False):
     """The tokenizer of a prepared dataset (a directory, or a name under data/), as --tokenizer_from
     takes it; with chat, its chat tokens too."""

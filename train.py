@@ -46,7 +46,7 @@ from hf import from_pretrained
 from model import GPT, GPT2_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
-from tokenizer import CHAT_TOKENS, get_tokenizer
+from tokenizer import CHAT_TOKENS, get_tokenizer, token_ids
 
 # -----------------------------------------------------------------------------
 # The defaults train nanoGPT's small character-level model on Tiny Shakespeare, which ships with the
@@ -202,13 +202,6 @@ def base_checkpoint(init_from):
     """The checkpoint of the run that init_from names to fine-tune (its out_dir, or the file), or None."""
     path = init_from if os.path.isfile(init_from) else os.path.join(init_from, "ckpt.pt")
     return path if os.path.isfile(path) else None
-
-
-def token_ids(meta):
-    """What a model's token ids mean, chat tokens aside: the tokenizer, and its characters or its
-    trained vocabulary, if any."""
-    meta = meta or {"tokenizer": "gpt2"}  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
-    return meta["tokenizer"], meta.get("chars"), meta.get("pattern"), meta.get("vocab")
 
 
 def check_config(config):

@@ -83,6 +83,28 @@ def test_one_and_two_processes_and_train_py_agree(dataset, tmp_path):
     assert f"loss {a['loss']:.4f} nats per token, {a['bits']:.4f} bits per character" in one.stdout
 
 
+def test_a_chat_model_reads_its_bases_plain_text(dataset, tmp_path):
+    """Fine-tuned to chat, a model's ids are its base's and the chat tokens: it scores the base's
+    plain val split as the base would be scored (how much the fine-tuning forgot). A model without
+    chat tokens cannot read conversations."""
+    chat_meta = get_tokenizer({**META, "chat": True}).meta()
+    model = tiny_model(vocab_size=chat_meta["vocab_size"], block_size=16).eval()
+    save_run(tmp_path / "chat", model, chat_meta)
+    run("evaluate.py", f"--out_dir={tmp_path / 'chat'}", f"--dataset={dataset}", f"--out_file={tmp_path / 'r.json'}")
+    result = json.loads((tmp_path / "r.json").read_text())
+    nats, count = direct(model, dataset)
+    assert result["tokens"] == result["units"] == count and result["loss"] == pytest.approx(nats / count, rel=1e-6)
+
+    conversations = tmp_path / "conversations"
+    conversations.mkdir()
+    data.write_meta(conversations, chat_meta)
+    save_run(tmp_path / "plain", tiny_model(vocab_size=len(CHARS)), META)
+    result = run("evaluate.py", f"--out_dir={tmp_path / 'plain'}", f"--dataset={conversations}", check=False)
+    assert result.returncode != 0 and result.stderr.strip() == (
+        f"error: {conversations} holds conversations, whose chat tokens the model does not have: evaluate a model "
+        "fine-tuned on them, or the model on plain text")
+
+
 def test_gpt2_bits_are_per_byte(tmp_path):
     gpt2 = get_tokenizer({"tokenizer": "gpt2"})
     text = "naïve café, 日本語 and 🙂! " * 20
