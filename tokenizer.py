@@ -333,7 +333,8 @@ def add_tokenizer_arguments(parser, kinds, default):
     parser.add_argument("--pattern", choices=list(PATTERNS),
                         help="bpe: how text is split before BPE, as GPT-4 (the default) or GPT-2 split it")
     parser.add_argument("--tokenizer_from", metavar="DATA_DIR",
-                        help="the tokenizer of a dataset made before, e.g. the data of the model to fine-tune")
+                        help="the tokenizer of a dataset made before (a path or a name under data/), e.g. the "
+                             "data of the model to fine-tune")
     parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
     parser.set_defaults(default_tokenizer=default, tokenizer_kinds=kinds)
 
@@ -348,12 +349,14 @@ def token_ids(meta):
 def tokenizer_from(dataset, vocab_file=None, chat=False):
     """The tokenizer of a prepared dataset (a directory, or a name under data/), as --tokenizer_from
     takes it; with chat, its chat tokens too."""
-    meta = read_meta(dataset_dir(dataset))
+    directory = dataset_dir(dataset)
+    meta = read_meta(directory)
     if meta is None:
+        where = directory if directory == dataset else f"{dataset} or {directory}"
         command = PREPARE_COMMANDS.get(Path(dataset).name)
         make = f"make it with `{command}`" if command else "prepare that dataset first"
-        raise ValueError(f"--tokenizer_from {dataset}: no prepared dataset there (no {META_FILE}), so no tokenizer "
-                         f"to take: {make}")
+        raise ValueError(f"--tokenizer_from {dataset}: no prepared dataset (no {META_FILE}) at {where}, so no "
+                         f"tokenizer to take: {make}")
     return get_tokenizer({**meta, "chat": True} if chat else meta, vocab_file)
 
 

@@ -154,7 +154,7 @@ def test_errors_are_one_line_and_leave_nothing_behind(char_data, tmp_path):
         (["--data_files", good, tmp_path / "typo.jsonl"], f"--data_files: no file {tmp_path / 'typo.jsonl'}"),
         (["--data_files", write_jsonl(tmp_path / "few.jsonl", [{"messages": CONVERSATIONS[0]}] * 5)],
          "5 usable conversations: too few for a val split"),
-        (["--shakespeare", "--tokenizer_from", tmp_path / "nothing"], "no prepared dataset there (no meta.json)"),
+        (["--shakespeare", "--tokenizer_from", tmp_path / "nothing"], "no prepared dataset (no meta.json) at"),
     ]:
         with pytest.raises(SystemExit) as e:
             prepare(*args, "--out_dir", out)

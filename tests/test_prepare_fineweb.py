@@ -212,8 +212,8 @@ def test_bpe_errors_are_one_line(sample, tmp_path):
         (["--tokenizer", "bpe", "--vocab_size", "400", "--shard_size", "10000000"],
          "the val shard (the first 10,000,000 tokens) takes every document, which leaves none to learn a vocabulary "
          "from: lower --shard_size"),
-        (["--tokenizer_from", str(tmp_path)], f"--tokenizer_from {tmp_path}: no prepared dataset there (no meta.json), "
-         "so no tokenizer to take: prepare that dataset first"),
+        (["--tokenizer_from", str(tmp_path)], f"--tokenizer_from {tmp_path}: no prepared dataset (no meta.json) at "
+         f"{tmp_path}, so no tokenizer to take: prepare that dataset first"),
     ]:
         with pytest.raises(SystemExit) as e:
             prepare_fineweb.main(["--data_files", *sample[0], "--out_dir", str(tmp_path / "out"), "--num_proc", "1",

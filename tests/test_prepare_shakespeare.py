@@ -106,8 +106,11 @@ def test_default_out_dirs(tmp_path, monkeypatch):
     (None, ["--tokenizer", "bpe", "--vocab_size", "65536"], "error: the text has room for 20,"),
     (None, ["--vocab_size", "512"], "error: --vocab_size and --pattern are for --tokenizer bpe"),
     (None, ["--tokenizer", "gpt2", "--pattern", "gpt2"], "error: --vocab_size and --pattern are for --tokenizer bpe"),
-    (None, ["--tokenizer_from", "data/x"], "error: --tokenizer_from data/x: no prepared dataset there (no meta.json), "
-                                           "so no tokenizer to take: prepare that dataset first"),
+    (None, ["--tokenizer_from", "data/x"], "error: --tokenizer_from data/x: no prepared dataset (no meta.json) at data/x "
+                                           "or data/data/x, so no tokenizer to take: prepare that dataset first"),
+    (None, ["--tokenizer_from", "shakespeare_bpe512"], "error: --tokenizer_from shakespeare_bpe512: no prepared dataset "
+     "(no meta.json) at shakespeare_bpe512 or data/shakespeare_bpe512, so no tokenizer to take: make it with "
+     "`python prepare_shakespeare.py --tokenizer bpe --vocab_size 512`"),
     ("a_file", ["--tokenizer_from", ".", "--tokenizer", "bpe"], "error: --tokenizer_from takes another dataset's "
                                                                 "tokenizer as it is: leave out --tokenizer"),
 ])
