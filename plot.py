@@ -13,8 +13,8 @@ The val panel also shows the n-gram baselines that ngram.py recorded for the run
 --x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and the
 baselines) in bits per character for char datasets or per UTF-8 byte for BPE ones, the scale on
 which runs of different tokenizers compare; with --bits, --baselines DATASET adds the n-gram lines
-of another dataset of the same text, e.g. the character n-grams beside a BPE run. PNG, SVG or PDF
-by --out's extension.
+of another dataset of the same text, e.g. the character n-grams beside a BPE run (for ASCII text
+such as Tiny Shakespeare a character is a byte). PNG, SVG or PDF by --out's extension.
 A log that a run is still writing, a resumed run's log and a DDP run's log all read as they are.
 train.py redraws out_dir/loss.png with this at every evaluation when matplotlib is installed.
 """
@@ -115,7 +115,7 @@ def reference_lines(logs, refs, bits=False, others=()):
     for name in others:
         path = os.path.abspath(dataset_dir(name))
         if not os.path.isdir(path):
-            raise ValueError(f"--baselines {name}: no such dataset directory")
+            raise ValueError(f"--baselines {name}: no dataset directory there nor under data/")
         named[path] = name
     datasets = list(dict.fromkeys([dataset for _, dataset in logs if dataset] + list(named)))
     lines = []

@@ -95,13 +95,14 @@ def test_bits_draws_the_losses_and_baselines_in_bits(tmp_path, capsys):
 def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkeypatch):
     """A BPE run beside the character n-grams of the same text: only bits per character compare."""
     monkeypatch.chdir(tmp_path)
-    chars, bpe, old = tmp_path / "data" / "chars", tmp_path / "bpe", tmp_path / "old"
-    for dataset in chars, bpe, old:
+    chars, bpe, old, bad = tmp_path / "data" / "chars", tmp_path / "bpe", tmp_path / "old", tmp_path / "bad"
+    for dataset in chars, bpe, old, bad:
         dataset.mkdir(parents=True)
     data.record_baseline(chars, 3, 2.04, 2.94)
     data.record_baseline(chars, 7, 1.52, 2.19)
     data.record_baseline(bpe, 6, 3.01, 2.18)
     (old / "baselines.json").write_text('{"7": 1.52}')  # nats only
+    (bad / "baselines.json").write_text('{"7": ')
     run = tmp_path / "out"
     write_log(run, [{"iter": 0, "dataset": str(bpe), "bits_per": "byte"}, *steps(0, 20, 64),
                     {"iter": 19, "val_loss": 3.0, "val_bits": 2.17}])
@@ -114,8 +115,10 @@ def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkey
 
     for args, error in [(["--baselines", "chars"], "error: --baselines: another dataset's n-gram losses compare "
                          "with a run's only in bits per character or byte; add --bits\n"),
-                        (["--bits", "--baselines", "nowhere"], "error: --baselines nowhere: no such dataset "
-                         "directory\n"),
+                        (["--bits", "--baselines", "nowhere"], "error: --baselines nowhere: no dataset "
+                         "directory there nor under data/\n"),
+                        (["--bits", "--baselines", "bad"], f"error: {bad / 'baselines.json'}: not a JSON object of "
+                         "order: val loss and bits (Expecting value: line 1 column 7 (char 6))\n"),
                         (["--bits", "--baselines", "old"], "error: --baselines old: no n-gram baselines in bits "
                          "recorded there; run python ngram.py --dataset=old --order=7 first\n")]:
         assert plot_main(capsys, run, "--out=no.png", *args) == (1, error)
