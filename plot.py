@@ -5,7 +5,7 @@ Loss curves of training runs, drawn from their out_dir/log.jsonl.
   python plot.py out-a out-b --x=tokens --out=curves.svg        # runs of different batch sizes
   python plot.py out-gpt2 --ref "GPT-2 124M=3.29"               # a reference line on the val panel
   python plot.py out-char out-bpe --bits                        # losses in bits per character or byte
-  python plot.py out-shakespeare-record-cpu --bits --baselines shakespeare_char   # the char n-grams too
+  python plot.py out-shakespeare-record-cpu --bits --baselines shakespeare_char --ymax=3   # char n-grams too
 
 Panels: train loss (smoothed, the raw values faint), val loss, and where a log has them
 HellaSwag accuracy, learning rate and tokens/s; one colour per run, labelled by its directory.
@@ -137,10 +137,11 @@ def reference_lines(logs, refs, bits=False, others=()):
     return lines + list(refs)
 
 
-def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=()):
-    """Draws runs (their out_dirs) into out, a .png, .svg or .pdf file, written whole or not at all;
-    with bits, the losses in bits per character or byte rather than nats per token; baselines names
-    datasets whose n-gram lines are drawn beside the runs' own."""
+def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=(), ymax=None):
+    """Draws runs (their out_dirs) into out, a .png, .svg or .pdf file, written whole or not at all,
+    and returns the figure; with bits, the losses in bits per character or byte rather than nats per
+    token; baselines names datasets whose n-gram lines are drawn beside the runs' own; ymax caps the
+    loss panels' axes."""
     fmt = out.rsplit(".", 1)[-1].lower()
     if fmt not in FORMATS:
         raise ValueError(f"cannot write {out}: name a .png, .svg or .pdf file")
@@ -178,10 +179,13 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=()):
         if fields == [VAL[bits]]:
             for name, value in lines:
                 ax.axhline(value, color="0.4", lw=0.8, ls="--")
+        if ymax is not None and fields in ([TRAIN[bits]], [VAL[bits]]):
+            ax.set_ylim(top=ymax)  # the first steps' loss, far above, would squeeze the rest
+        if fields == [VAL[bits]]:
             # labels at the left end, where a falling loss curve leaves room, moved up where they would overlap
             low, high = ax.get_ylim()
             y = -math.inf
-            for name, value in sorted(lines, key=lambda line: line[1]):
+            for name, value in sorted((line for line in lines if line[1] <= high), key=lambda line: line[1]):
                 y = max(value, y + 0.065 * (high - low))
                 ax.annotate(f"{name} {value:.3f}", (0, y), xycoords=("axes fraction", "data"), xytext=(4, 1),
                             textcoords="offset points", ha="left", va="bottom", fontsize=8, color="0.25",
@@ -194,6 +198,7 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=()):
         ax.set_visible(False)
 
     write_atomically(out, lambda tmp: fig.savefig(tmp, format=fmt))
+    return fig
 
 
 def parse_ref(text):
@@ -215,6 +220,8 @@ def main(argv=None):
                         help="train loss: moving average over this fraction of a run's points (default 0.02)")
     parser.add_argument("--bits", action="store_true",
                         help="losses in bits per character (char data) or UTF-8 byte (BPE) instead of nats per token")
+    parser.add_argument("--ymax", type=float, help="the top of the loss panels' axes, e.g. to leave the first "
+                        "steps' high loss out of view")
     parser.add_argument("--baselines", action="append", default=[], metavar="DATASET",
                         help="with --bits: also draw the n-gram baselines of this dataset (e.g. shakespeare_char "
                              "beside a BPE run); repeat for more")
@@ -222,8 +229,10 @@ def main(argv=None):
     try:
         if not 0 <= args.smooth <= 1:
             raise ValueError(f"--smooth={args.smooth}: it must lie in [0, 1]")
+        if args.ymax is not None and args.ymax <= 0:
+            raise ValueError(f"--ymax={args.ymax}: a loss axis's top must be above 0")
         draw(args.runs, args.out, args.x, [parse_ref(r) for r in args.ref], args.smooth, args.bits,
-             args.baselines)
+             args.baselines, args.ymax)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 

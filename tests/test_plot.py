@@ -104,7 +104,8 @@ def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkey
     (old / "baselines.json").write_text('{"7": 1.52}')  # nats only
     (bad / "baselines.json").write_text('{"7": ')
     run = tmp_path / "out"
-    write_log(run, [{"iter": 0, "dataset": str(bpe), "bits_per": "byte"}, *steps(0, 20, 64),
+    records = [{**r, "train_bits": r["train_loss"] / math.log(2)} for r in steps(0, 20, 64)]
+    write_log(run, [{"iter": 0, "dataset": str(bpe), "bits_per": "byte"}, *records,
                     {"iter": 19, "val_loss": 3.0, "val_bits": 2.17}])
     logs = [plot.read_log(run)]
     assert plot.reference_lines(logs, [], bits=True, others=["chars"]) == [  # a name under data/
@@ -112,11 +113,16 @@ def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkey
     assert plot.reference_lines(logs, [], bits=True, others=[str(bpe)]) == [("6-gram KN", 2.18)]
     assert plot_main(capsys, run, "--out=bits.png", "--bits", "--baselines", "chars") == (0, "")
     assert png_size(tmp_path / "bits.png") == (1200, 700)
+    # --ymax: the loss panels end there, and a line above it is not labelled in the margin
+    train, val, lr, _ = plot.draw([run], "capped.png", bits=True, baselines=["chars"], ymax=2.5).axes
+    assert train.get_ylim()[1] == val.get_ylim()[1] == 2.5 and lr.get_ylim()[1] < 0.01
+    assert [t.get_text() for t in val.texts] == ["6-gram KN (bpe) 2.180", "7-gram KN (chars) 2.190"]
 
     for args, error in [(["--baselines", "chars"], "error: --baselines: another dataset's n-gram losses compare "
                          "with a run's only in bits per character or byte; add --bits\n"),
                         (["--bits", "--baselines", "nowhere"], "error: --baselines nowhere: no dataset "
                          "directory there nor under data/\n"),
+                        (["--ymax=0"], "error: --ymax=0.0: a loss axis's top must be above 0\n"),
                         (["--bits", "--baselines", "bad"], f"error: {bad / 'baselines.json'}: not a JSON object of "
                          "order: val loss and bits (Expecting value: line 1 column 7 (char 6))\n"),
                         (["--bits", "--baselines", "old"], "error: --baselines old: no n-gram baselines in bits "
