@@ -25,8 +25,12 @@ import torch
 
 from atomic import write_atomically
 from hf import from_pretrained
-from model import GPT, GPTConfig
+from model import GPT, GPT2_SWITCHES, GPTConfig
 from tokenizer import get_tokenizer
+
+
+# what makes a model's shape: a run that resumes keeps all of them, a fine-tuned model all but its context
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *GPT2_SWITCHES)
 
 
 def save_checkpoint(ckpt, path):
@@ -52,6 +56,16 @@ def model_from_checkpoint(ckpt, dropout=None):
     model = GPT(GPTConfig(**args))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def shape_mismatch(ckpt, asked, keys=SHAPE_KEYS):
+    """The first of keys that asked (a dict of settings) sets otherwise than the checkpoint's model
+    has it, as (key, the checkpoint's value, the asked value); None when they agree."""
+    saved = vars(GPTConfig(**ckpt["model_args"]))  # checkpoints older than a switch get its default
+    for key in keys:
+        if key in asked and asked[key] != saved[key]:
+            return key, saved[key], asked[key]
+    return None
 
 
 def rng_state(device_type):

@@ -22,6 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -30,12 +31,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import hellaswag
 from atomic import write_atomically
 from checkpoint import (
+    SHAPE_KEYS,
     copy_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
     restore_training,
     rng_state,
     save_checkpoint,
+    shape_mismatch,
     training_checkpoint,
 )
 from configurator import configure
@@ -51,77 +54,74 @@ from tokenizer import CHAT_TOKENS, get_tokenizer, token_ids
 # -----------------------------------------------------------------------------
 # The defaults train nanoGPT's small character-level model on Tiny Shakespeare, which ships with the
 # repo (python prepare_shakespeare.py first): minutes on a GPU. GPT-2 (124M) is config/train_gpt2.py.
-# I/O
-out_dir = ""  # checkpoints and log.jsonl; empty: out-<dataset>, e.g. out-shakespeare-char
-eval_interval = 250
-log_interval = 10
-eval_iters = 200  # val batches per eval, over all ranks together, at most one pass; 0: the whole val split
-eval_only = False  # evaluate once and exit
-always_save_checkpoint = True  # False: ckpt.pt only when val loss improves, and at the end
-# 'auto': resume the run in out_dir if its checkpoint is there, else start from scratch;
-# 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl' or a local Hugging Face directory to fine-tune,
-# or another run to fine-tune: its out_dir (its ckpt.pt) or a checkpoint file
-init_from = "auto"
-# HellaSwag accuracy every hellaswag_interval steps and at the end (GPT-2 tokens only); 0 is off
-hellaswag_interval = 0
-hellaswag_file = ""  # JSON lines as hellaswag.py reads them; empty: data/hellaswag/, downloaded on first use
-# wandb logging (optional: pip install wandb)
-wandb_log = False
-wandb_project = "gpt"
-wandb_run_name = "run"
-# data
-dataset = "shakespeare_char"  # a directory under data/, or a path to one
-gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
-total_batch_size = None  # tokens per optimizer step; when set, gradient_accumulation_steps follows from it
-batch_size = 64  # sequences per micro-step, per rank
-block_size = 256
-# model
-n_layer = 6
-n_head = 6
-n_embd = 384
-dropout = 0.2
-bias = True  # GPT-2 has biases; only a bias=True model exports to Hugging Face
-activation_checkpointing = False  # recompute block activations in backward: less memory, more compute
-# beyond GPT-2, each off by default (model.GPTConfig); a model that sets any does not export to Hugging Face
-rope = False  # rotary position embeddings instead of learned ones
-norm = "layernorm"  # or "rmsnorm"
-qk_norm = False
-mlp_act = "gelu"  # or "relu2"
-tie_embeddings = True
-zero_init_proj = False
-logit_softcap = 0.0  # 0 is off; e.g. 15
-# optimizer: "adamw", or "muon" for the blocks' matrices with AdamW (the settings below) for the rest
-optimizer = "adamw"
-muon_lr = 0.02  # Muon's peak rate; the schedule scales it as it scales learning_rate
-muon_momentum = 0.95
-muon_weight_decay = 0.0
-# AdamW
-learning_rate = 1e-3  # a small model takes a higher rate than GPT-2's 6e-4
-max_iters = 5000
-weight_decay = 1e-1
-beta1 = 0.9
-beta2 = 0.99  # GPT-2 used 0.95; few tokens per step make for noisier gradients
-grad_clip = 1.0  # 0 disables clipping
-# learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters. Unset, they follow the
-# run; a resumed run keeps the values its first start settled on.
-decay_lr = True
-warmup_iters = None  # None: 5% of max_iters, at most 100
-lr_decay_iters = None  # None: max_iters
-min_lr = None  # None: learning_rate / 10
-# system
-backend = "auto"  # DDP backend: nccl on CUDA, gloo on CPU
-device = "auto"  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
-dtype = "auto"  # bfloat16 on GPUs that have it natively, else float16 with loss scaling; float32 on CPU
-compile = None  # torch.compile; None: on CUDA only (on a CPU compiling costs more than it saves)
-# deterministic kernels, slower on GPUs, so that runs (and a resumed run against an uninterrupted one)
-# can agree bit for bit on CUDA too: flash attention's backward otherwise sums in a varying order
-deterministic = False
-seed = 1337
-# -----------------------------------------------------------------------------
-defaults = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
-config, overrides = configure(defaults, sys.argv[1:], usage=__doc__)
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *GPT2_SWITCHES)
+DEFAULTS = dict(
+    # I/O
+    out_dir="",  # checkpoints and log.jsonl; empty: out-<dataset>, e.g. out-shakespeare-char
+    eval_interval=250,
+    log_interval=10,
+    eval_iters=200,  # val batches per eval, over all ranks together, at most one pass; 0: the whole val split
+    eval_only=False,  # evaluate once and exit
+    always_save_checkpoint=True,  # False: ckpt.pt only when val loss improves, and at the end
+    # 'auto': resume the run in out_dir if its checkpoint is there, else start from scratch;
+    # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl' or a local Hugging Face directory to fine-tune,
+    # or another run to fine-tune: its out_dir (its ckpt.pt) or a checkpoint file
+    init_from="auto",
+    # HellaSwag accuracy every hellaswag_interval steps and at the end (GPT-2 tokens only); 0 is off
+    hellaswag_interval=0,
+    hellaswag_file="",  # JSON lines as hellaswag.py reads them; empty: data/hellaswag/, downloaded on first use
+    # wandb logging (optional: pip install wandb)
+    wandb_log=False,
+    wandb_project="gpt",
+    wandb_run_name="run",
+    # data
+    dataset="shakespeare_char",  # a directory under data/, or a path to one
+    gradient_accumulation_steps=1,  # micro-steps per optimizer step, over all ranks together
+    total_batch_size=None,  # tokens per optimizer step; when set, gradient_accumulation_steps follows from it
+    batch_size=64,  # sequences per micro-step, per rank
+    block_size=256,
+    # model
+    n_layer=6,
+    n_head=6,
+    n_embd=384,
+    dropout=0.2,
+    bias=True,  # GPT-2 has biases; only a bias=True model exports to Hugging Face
+    activation_checkpointing=False,  # recompute block activations in backward: less memory, more compute
+    # beyond GPT-2, each off by default (model.GPTConfig); a model that sets any does not export to Hugging Face
+    rope=False,  # rotary position embeddings instead of learned ones
+    norm="layernorm",  # or "rmsnorm"
+    qk_norm=False,
+    mlp_act="gelu",  # or "relu2"
+    tie_embeddings=True,
+    zero_init_proj=False,
+    logit_softcap=0.0,  # 0 is off; e.g. 15
+    # optimizer: "adamw", or "muon" for the blocks' matrices with AdamW (the settings below) for the rest
+    optimizer="adamw",
+    muon_lr=0.02,  # Muon's peak rate; the schedule scales it as it scales learning_rate
+    muon_momentum=0.95,
+    muon_weight_decay=0.0,
+    # AdamW
+    learning_rate=1e-3,  # a small model takes a higher rate than GPT-2's 6e-4
+    max_iters=5000,
+    weight_decay=1e-1,
+    beta1=0.9,
+    beta2=0.99,  # GPT-2 used 0.95; few tokens per step make for noisier gradients
+    grad_clip=1.0,  # 0 disables clipping
+    # learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters. Unset, they follow the
+    # run; a resumed run keeps the values its first start settled on.
+    decay_lr=True,
+    warmup_iters=None,  # None: 5% of max_iters, at most 100
+    lr_decay_iters=None,  # None: max_iters
+    min_lr=None,  # None: learning_rate / 10
+    # system
+    backend="auto",  # DDP backend: nccl on CUDA, gloo on CPU
+    device="auto",  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
+    dtype="auto",  # bfloat16 on GPUs that have it natively, else float16 with loss scaling; float32 on CPU
+    compile=None,  # torch.compile; None: on CUDA only (on a CPU compiling costs more than it saves)
+    # deterministic kernels, slower on GPUs, so that runs (and a resumed run against an uninterrupted one)
+    # can agree bit for bit on CUDA too: flash attention's backward otherwise sums in a varying order
+    deterministic=False,
+    seed=1337,
+)
 
 
 def fail(message):
@@ -137,71 +137,69 @@ def or_fail(fn, *args, **kwargs):
         fail(e)
 
 
-if not config["out_dir"]:
-    config["out_dir"] = "out-" + os.path.basename(os.path.normpath(config["dataset"])).replace("_", "-")
-if os.path.exists(config["out_dir"]) and not os.path.isdir(config["out_dir"]):
-    fail(f"out_dir={config['out_dir']} is a file, not a directory: choose another --out_dir")
+# -----------------------------------------------------------------------------
+# configuration: the defaults, config files and flags, and the checkpoint of a run that goes on
 
+def configuration(argv):
+    """(config, overrides, ckpt): the run's settings, what argv set (config files and flags), and the
+    checkpoint that it resumes, or None. Nothing is touched yet but reading that checkpoint."""
+    config, overrides = configure(DEFAULTS, argv, usage=__doc__)
+    if not config["out_dir"]:
+        config["out_dir"] = "out-" + os.path.basename(os.path.normpath(config["dataset"])).replace("_", "-")
+    out_dir = config["out_dir"]
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        fail(f"out_dir={out_dir} is a file, not a directory: choose another --out_dir")
+
+    # init_from=auto: the run in out_dir goes on if its checkpoint is there, else this one starts from
+    # scratch. A cluster that requeues a preempted job runs the same command again, and the run continues.
+    ckpt, ckpt_path = None, os.path.join(out_dir, "ckpt.pt")
+    if config["init_from"] == "auto":
+        if os.path.exists(ckpt_path):
+            ckpt = or_fail(load_checkpoint, ckpt_path)
+            why = other_run(ckpt, config)
+            if why:
+                fail(f"{out_dir} holds the checkpoint of another run ({why}): give this run an --out_dir of its "
+                     f"own, or pass --init_from=scratch to start over there, replacing that checkpoint")
+        config["init_from"] = "resume" if ckpt else "scratch"
+
+    # Resuming starts from the run's own saved config; what this command line sets goes on top.
+    if config["init_from"] == "resume":
+        ckpt = ckpt or or_fail(load_checkpoint, ckpt_path)
+        mismatch = shape_mismatch(ckpt, overrides)
+        if mismatch:
+            key, saved, asked = mismatch
+            fail(f"{key}={asked} but the checkpoint in {out_dir} has {key}={saved}: a resumed model keeps its "
+                 "shape; use a new out_dir to change it")
+        saved_optimizer = ckpt["config"].get("optimizer", "adamw")
+        if overrides.get("optimizer", saved_optimizer) != saved_optimizer:
+            fail(f"optimizer={overrides['optimizer']} but the run in {out_dir} trains with {saved_optimizer}: "
+                 "a resumed run keeps its optimizer; use a new out_dir to change it")
+        saved = {k: v for k, v in ckpt["config"].items() if k in DEFAULTS}
+        config = {**DEFAULTS, **saved, **overrides, "init_from": "resume"}
+
+    # Unset, the schedule follows the run. Settled here once, it is saved with the config, so that a
+    # resumed run keeps it even when its max_iters changes.
+    if config["warmup_iters"] is None:
+        config["warmup_iters"] = min(100, config["max_iters"] // 20) if isinstance(config["max_iters"], int) else None
+    if config["lr_decay_iters"] is None:
+        config["lr_decay_iters"] = config["max_iters"]
+    if config["min_lr"] is None and isinstance(config["learning_rate"], (int, float)):
+        config["min_lr"] = config["learning_rate"] / 10
+    check_config(config)
+    return config, overrides, ckpt
 
 
 def other_run(ckpt, config):
     """Why a checkpoint is not of the run that config describes, or None when it is. A run is its
     data, the shape of its model and its optimizer; the rest may change when it resumes."""
-    saved_model = vars(GPTConfig(**ckpt["model_args"]))  # checkpoints older than a switch get its default
-    saved = {"dataset": ckpt["config"].get("dataset", config["dataset"]),
-             "optimizer": ckpt["config"].get("optimizer", "adamw"),
-             **{key: saved_model[key] for key in SHAPE_KEYS}}
-    for key, value in saved.items():
-        same = (os.path.abspath(dataset_dir(value)) == os.path.abspath(dataset_dir(config[key])) if key == "dataset"
-                else value == config[key])
-        if not same:
-            return f"{key}={value!r} there, {config[key]!r} here"
-    return None
-
-
-# init_from=auto: the run in out_dir goes on if its checkpoint is there, else this one starts from scratch.
-# A cluster that requeues a preempted job runs the same command again, and the run continues.
-ckpt, ckpt_path = None, os.path.join(config["out_dir"], "ckpt.pt")
-auto_resume = config["init_from"] == "auto"
-if auto_resume:
-    if os.path.exists(ckpt_path):
-        ckpt = or_fail(load_checkpoint, ckpt_path)
-        why = other_run(ckpt, config)
-        if why:
-            fail(f"{config['out_dir']} holds the checkpoint of another run ({why}): give this run an --out_dir of "
-                 f"its own, or pass --init_from=scratch to start over there, replacing that checkpoint")
-    config["init_from"] = "resume" if ckpt else "scratch"
-
-# Resuming starts from the run's own saved config; what this command line sets goes on top.
-if config["init_from"] == "resume":
-    ckpt = ckpt or or_fail(load_checkpoint, ckpt_path)
-    saved_model = vars(GPTConfig(**ckpt["model_args"]))  # checkpoints older than a switch get its default
-    for key in SHAPE_KEYS:
-        if key in overrides and overrides[key] != saved_model[key]:
-            fail(f"{key}={overrides[key]} but the checkpoint in {config['out_dir']} has {key}="
-                 f"{saved_model[key]}: a resumed model keeps its shape; use a new out_dir to change it")
+    saved_dataset = ckpt["config"].get("dataset", config["dataset"])
+    if os.path.abspath(dataset_dir(saved_dataset)) != os.path.abspath(dataset_dir(config["dataset"])):
+        return f"dataset={saved_dataset!r} there, {config['dataset']!r} here"
     saved_optimizer = ckpt["config"].get("optimizer", "adamw")
-    if overrides.get("optimizer", saved_optimizer) != saved_optimizer:
-        fail(f"optimizer={overrides['optimizer']} but the run in {config['out_dir']} trains with {saved_optimizer}: "
-             "a resumed run keeps its optimizer; use a new out_dir to change it")
-    saved = {k: v for k, v in ckpt["config"].items() if k in defaults}
-    resume_changes = {k: (saved.get(k), v) for k, v in overrides.items() if k != "init_from" and saved.get(k) != v}
-    config = {**defaults, **saved, **overrides, "init_from": "resume"}
-
-# Unset, the schedule follows the run. Settled here once, it is saved with the config, so that a
-# resumed run keeps it even when its max_iters changes.
-if config["warmup_iters"] is None:
-    config["warmup_iters"] = min(100, config["max_iters"] // 20) if isinstance(config["max_iters"], int) else None
-if config["lr_decay_iters"] is None:
-    config["lr_decay_iters"] = config["max_iters"]
-if config["min_lr"] is None and isinstance(config["learning_rate"], (int, float)):
-    config["min_lr"] = config["learning_rate"] / 10
-
-
-def base_checkpoint(init_from):
-    """The checkpoint of the run that init_from names to fine-tune (its out_dir, or the file), or None."""
-    path = init_from if os.path.isfile(init_from) else os.path.join(init_from, "ckpt.pt")
-    return path if os.path.isfile(path) else None
+    if saved_optimizer != config["optimizer"]:
+        return f"optimizer={saved_optimizer!r} there, {config['optimizer']!r} here"
+    mismatch = shape_mismatch(ckpt, config)
+    return mismatch and f"{mismatch[0]}={mismatch[1]!r} there, {mismatch[2]!r} here"
 
 
 def check_config(config):
@@ -238,164 +236,310 @@ def check_config(config):
              "Hugging Face model's, or a run's out_dir")
 
 
-check_config(config)
-globals().update(config)  # from here on every setting is read by its name, as nanoGPT's are
+# -----------------------------------------------------------------------------
+# processes, devices and batches
+
+def start_processes(c):
+    """This process's place and device: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, on every node."""
+    ddp = "RANK" in os.environ
+    rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+                                     int(os.environ["WORLD_SIZE"])) if ddp else (0, 0, 1))
+    # the device and dtype this run uses: the settings' "auto" settled for this machine and process
+    device, dtype = or_fail(resolve_device, c.device, c.dtype, local_rank)
+    device_type = device.split(":")[0]
+    if ddp and device_type == "cuda" and torch.device(device).index != local_rank:
+        fail(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
+    if c.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed-order reductions; before its first use
+        torch.use_deterministic_algorithms(True)
+    if ddp:
+        dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if c.backend == "auto"
+                                else c.backend)
+    return SimpleNamespace(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
+                           device=device, dtype=dtype, device_type=device_type, autocast=autocast_for(device, dtype))
+
+
+def batch_shape(c, world_size):
+    """(this rank's micro-steps per optimizer step, the tokens of an optimizer step over all ranks)."""
+    micro_steps = c.gradient_accumulation_steps  # per optimizer step, over all ranks together
+    if c.total_batch_size is not None:
+        micro_tokens = c.batch_size * c.block_size * world_size
+        if c.total_batch_size % micro_tokens:
+            fits = max(1, round(c.total_batch_size / micro_tokens)) * micro_tokens
+            fail(f"total_batch_size={c.total_batch_size} is not a multiple of batch_size * block_size * world_size "
+                 f"= {micro_tokens}: use --total_batch_size={fits}, or another batch_size")
+        micro_steps = c.total_batch_size // (c.batch_size * c.block_size)
+    if micro_steps % world_size:
+        fits = -(-micro_steps // world_size) * world_size  # the next multiple of world_size
+        fail(f"gradient_accumulation_steps={micro_steps} does not divide among {world_size} processes: "
+             f"use --gradient_accumulation_steps={fits}, or a number of processes that divides {micro_steps}")
+    return micro_steps // world_size, micro_steps * c.batch_size * c.block_size
+
+
+def load_data(c, p):
+    """(data_dir, meta, train loader, val loader): this rank's share of the dataset's shards."""
+    data_dir = dataset_dir(c.dataset)
+    meta = or_fail(read_meta, data_dir)
+    args = dict(batch_size=c.batch_size, block_size=c.block_size, rank=p.rank, world_size=p.world_size, seed=c.seed,
+                device=p.device)
+    return data_dir, meta, or_fail(ShardLoader, data_dir, "train", **args), or_fail(ShardLoader, data_dir, "val", **args)
+
 
 # -----------------------------------------------------------------------------
-# processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, on every node
-ddp = "RANK" in os.environ
-rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
-                                if ddp else (0, 0, 1))
-master = rank == 0
-# the device and dtype this run uses: the settings' "auto" settled for this machine and process
-run_device, run_dtype = or_fail(resolve_device, device, dtype, local_rank)
-device_type = run_device.split(":")[0]
-if ddp and device_type == "cuda" and torch.device(run_device).index != local_rank:
-    fail(f"device={run_device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
-use_compile = device_type == "cuda" if compile is None else compile
-if device_type == "cuda":
-    torch.cuda.set_device(run_device)
-    torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
-if deterministic:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed-order reductions; before its first use
-    torch.use_deterministic_algorithms(True)
-if ddp:
-    dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if backend == "auto" else backend)
+# the model
 
-micro_steps = gradient_accumulation_steps  # per optimizer step, over all ranks together
-if total_batch_size is not None:
-    micro_tokens = batch_size * block_size * world_size
-    if total_batch_size % micro_tokens:
-        fail(f"total_batch_size={total_batch_size} is not a multiple of batch_size * block_size * world_size "
-             f"= {micro_tokens}: use --total_batch_size={max(1, round(total_batch_size / micro_tokens)) * micro_tokens}"
-             f", or another batch_size")
-    micro_steps = total_batch_size // (batch_size * block_size)
-if micro_steps % world_size:
-    fits = -(-micro_steps // world_size) * world_size  # the next multiple of world_size
-    fail(f"gradient_accumulation_steps={micro_steps} does not divide among {world_size} processes: "
-         f"use --gradient_accumulation_steps={fits}, or a number of processes that divides {micro_steps}")
-accum_steps = micro_steps // world_size  # this rank's
-tokens_per_iter = micro_steps * batch_size * block_size
+def build_model(c, overrides, ckpt, data_dir, meta, loaders):
+    """The GPT to train, on the CPU: new, resumed, or fine-tuned from a run of ours or GPT-2's weights."""
+    torch.manual_seed(c.seed)  # the same initial weights on every rank
+    if c.init_from == "scratch":
+        vocab_size = meta["vocab_size"] if meta else 50304  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
+        settings = {**vars(c), "vocab_size": vocab_size}
+        model = GPT(or_fail(GPTConfig, **{f.name: settings[f.name] for f in fields(GPTConfig)}))
+    elif c.init_from == "resume":
+        model = model_from_checkpoint(ckpt, dropout=c.dropout)  # dropout may change, the shape may not
+    elif base_checkpoint(c.init_from):  # one of our runs, of any shape: fine-tuned on this dataset
+        model = fine_tuned_run(c, overrides, data_dir, meta)
+    else:
+        switches = GPTConfig(**{k: getattr(c, k) for k in GPT2_SWITCHES}).modern_switches()
+        if switches:
+            fail(f"init_from={c.init_from} loads GPT-2's architecture, which has no "
+                 f"{', '.join(f'{k}={v!r}' for k, v in switches.items())}: train from scratch to use them")
+        if meta and meta["tokenizer"] != "gpt2":
+            fail(f"init_from={c.init_from} needs a GPT-2 BPE dataset, but {data_dir} is tokenized as "
+                 f"{meta['tokenizer']}")
+        model = or_fail(from_pretrained, c.init_from, dropout=c.dropout, block_size=c.block_size)
+    if meta and meta["vocab_size"] > model.config.vocab_size:
+        # the chat tokens of a chat dataset come after its tokenizer's own: a model of that tokenizer (OpenAI's
+        # GPT-2 has 50257 ids, a char run one per character) grows rows for them, to a multiple of 64 as 50304
+        if not meta.get("chat") or meta["vocab_size"] - len(CHAT_TOKENS) > model.config.vocab_size:
+            fail(f"{data_dir} has {meta['vocab_size']} token ids but the model only {model.config.vocab_size}")
+        model.grow_vocab(-(-meta["vocab_size"] // 64) * 64)
+    # Checked once here, not found as an IndexError deep in the embedding: shards of another tokenizer,
+    # or a meta.json that does not belong to them.
+    for loader in loaders:
+        top = loader.max_token()
+        if top >= model.config.vocab_size:
+            fail(f"{data_dir} holds token id {top} but the model's vocabulary has ids 0..{model.config.vocab_size - 1}"
+                 f": the data was made with another tokenizer than the model's; prepare it again, or use another "
+                 f"dataset")
+    model.activation_checkpointing = c.activation_checkpointing
+    return model
 
-autocast = autocast_for(run_device, run_dtype)
 
-# -----------------------------------------------------------------------------
-# data
-data_dir = dataset_dir(dataset)
-meta = or_fail(read_meta, data_dir)
-loader_args = dict(batch_size=batch_size, block_size=block_size, rank=rank, world_size=world_size, seed=seed,
-                   device=run_device)
-train_loader = or_fail(ShardLoader, data_dir, "train", **loader_args)
-val_loader = or_fail(ShardLoader, data_dir, "val", **loader_args)
+def base_checkpoint(init_from):
+    """The checkpoint of the run that init_from names to fine-tune (its out_dir, or the file), or None."""
+    path = init_from if os.path.isfile(init_from) else os.path.join(init_from, "ckpt.pt")
+    return path if os.path.isfile(path) else None
 
-# -----------------------------------------------------------------------------
-# model and optimizer
-torch.manual_seed(seed)  # the same initial weights on every rank
-if init_from == "scratch":
-    vocab_size = meta["vocab_size"] if meta else 50304  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
-    model = GPT(or_fail(GPTConfig, **{f.name: globals()[f.name] for f in fields(GPTConfig)}))
-elif init_from == "resume":
-    model = model_from_checkpoint(ckpt, dropout=dropout)  # dropout may change, the shape may not
-elif base_checkpoint(init_from):  # one of our runs, of any shape: fine-tuned on this dataset
-    base = or_fail(load_checkpoint, base_checkpoint(init_from))
-    base_model = vars(GPTConfig(**base["model_args"]))  # checkpoints older than a switch get its default
-    for key in SHAPE_KEYS:
-        if key in overrides and key != "block_size" and overrides[key] != base_model[key]:
-            fail(f"{key}={overrides[key]!r} but the run in {init_from} has {key}={base_model[key]!r}: "
-                 "a fine-tuned model keeps its shape")
+
+def fine_tuned_run(c, overrides, data_dir, meta):
+    """The model of the run that init_from names, if this dataset's tokens are its tokens, cropped to block_size."""
+    base = or_fail(load_checkpoint, base_checkpoint(c.init_from))
+    mismatch = shape_mismatch(base, overrides, keys=[key for key in SHAPE_KEYS if key != "block_size"])
+    if mismatch:
+        key, saved, asked = mismatch
+        fail(f"{key}={asked!r} but the run in {c.init_from} has {key}={saved!r}: a fine-tuned model keeps its shape")
     if token_ids(base["meta"]) != token_ids(meta):
-        fail(f"{init_from} was trained on another tokenizer's tokens ({token_ids(base['meta'])[0]}) than {data_dir} "
+        fail(f"{c.init_from} was trained on another tokenizer's tokens ({token_ids(base['meta'])[0]}) than {data_dir} "
              f"({token_ids(meta)[0]}): prepare the data with --tokenizer_from set to the dataset that the run "
              f"trained on ({base['config']['dataset']})")
-    model = model_from_checkpoint(base, dropout=dropout)
-    if block_size > model.config.block_size:
-        fail(f"block_size={block_size} but the model of {init_from} has a context of {model.config.block_size}: "
+    model = model_from_checkpoint(base, dropout=c.dropout)
+    if c.block_size > model.config.block_size:
+        fail(f"block_size={c.block_size} but the model of {c.init_from} has a context of {model.config.block_size}: "
              f"use --block_size={model.config.block_size} or less")
-    model.crop_block_size(block_size)
-    del base
-else:
-    switches = GPTConfig(**{k: globals()[k] for k in GPT2_SWITCHES}).modern_switches()
-    if switches:
-        fail(f"init_from={init_from} loads GPT-2's architecture, which has no "
-             f"{', '.join(f'{k}={v!r}' for k, v in switches.items())}: train from scratch to use them")
-    if meta and meta["tokenizer"] != "gpt2":
-        fail(f"init_from={init_from} needs a GPT-2 BPE dataset, but {data_dir} is tokenized as {meta['tokenizer']}")
-    model = or_fail(from_pretrained, init_from, dropout=dropout, block_size=block_size)
-if meta and meta["vocab_size"] > model.config.vocab_size:
-    # the chat tokens of a chat dataset come after its tokenizer's own: a model of that tokenizer (OpenAI's
-    # GPT-2 has 50257 ids, a char run one per character) grows rows for them, to a multiple of 64 as 50304
-    if not meta.get("chat") or meta["vocab_size"] - len(CHAT_TOKENS) > model.config.vocab_size:
-        fail(f"{data_dir} has {meta['vocab_size']} token ids but the model only {model.config.vocab_size}")
-    model.grow_vocab(-(-meta["vocab_size"] // 64) * 64)
-# Checked once here, not found as an IndexError deep in the embedding: shards of another tokenizer,
-# or a meta.json that does not belong to them.
-for loader in (train_loader, val_loader):
-    top = loader.max_token()
-    if top >= model.config.vocab_size:
-        fail(f"{data_dir} holds token id {top} but the model's vocabulary has ids 0..{model.config.vocab_size - 1}: "
-             f"the data was made with another tokenizer than the model's; prepare it again, or use another dataset")
-model.activation_checkpointing = activation_checkpointing
-model.to(run_device)
-raw_model = model  # the bare GPT: what checkpoints hold, never a compiled or DDP wrapper
-tokenizer = or_fail(get_tokenizer, meta)
-units = torch.tensor(tokenizer.units_per_token(), device=run_device)  # characters or bytes: losses in bits per unit
-if hellaswag_interval:
-    hellaswag_examples = or_fail(hellaswag.prepare, hellaswag_file, tokenizer, model.config.block_size)
-
-muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == "muon" else None
-opt = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type, muon)
-for group in opt.param_groups:
-    group["initial_lr"] = group["lr"]  # each group's peak rate (Muon's is muon_lr), which the schedule scales
-scaler = torch.amp.GradScaler(device_type, enabled=run_dtype == "float16")  # loss scaling: fp16 only
-iter_num, best_val_loss = 0, float("inf")
-torch.manual_seed(seed + 1 + rank)  # each rank its own dropout stream
-if ckpt is not None:  # where the saved run left off: the optimizer, the scaler, the loader and each rank's RNG
-    iter_num, best_val_loss = restore_training(ckpt, opt, scaler, train_loader, rank, world_size, device_type)
-
-if use_compile:
-    try:
-        model = torch.compile(model)
-        # a missing compiler or Triton only shows at the first call: then warn and run that code eager
-        torch._dynamo.config.suppress_errors = True
-    except RuntimeError as e:  # e.g. a Python version or platform that dynamo does not support yet
-        print(f"warning: torch.compile unavailable ({e}); running eager", file=sys.stderr)
-eval_model = model  # evaluation needs no DDP: ranks may run different numbers of eval batches
-if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-peak_flops = gpu_peak_flops(torch.cuda.get_device_name(run_device)) if device_type == "cuda" else None
+    model.crop_block_size(c.block_size)
+    return model
 
 
-def get_lr(it):
-    if it < warmup_iters:  # linear warmup that does not start at zero
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+def build_optimizer(c, model, p):
+    """AdamW, or Muon and AdamW, and the loss scaler that float16 needs."""
+    muon = dict(lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.muon_weight_decay) if c.optimizer == "muon" \
+        else None
+    opt = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), p.device_type, muon)
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]  # each group's peak rate (Muon's is muon_lr), which the schedule scales
+    scaler = torch.amp.GradScaler(p.device_type, enabled=p.dtype == "float16")  # loss scaling: fp16 only
+    return opt, scaler
 
 
-# more would read the same windows of the val split again, which changes nothing but the time it takes
-eval_batches = min(eval_iters, val_loader.batches_per_pass())
+def wrap(model, use_compile, p):
+    """(the model to train: compiled where asked and in DDP under torchrun, the model to evaluate:
+    compiled but never in DDP, since ranks may run different numbers of eval batches)."""
+    if use_compile:
+        try:
+            model = torch.compile(model)
+            # a missing compiler or Triton only shows at the first call: then warn and run that code eager
+            torch._dynamo.config.suppress_errors = True
+        except RuntimeError as e:  # e.g. a Python version or platform that dynamo does not support yet
+            print(f"warning: torch.compile unavailable ({e}); running eager", file=sys.stderr)
+    if not p.ddp:
+        return model, model
+    return DDP(model, device_ids=[p.local_rank] if p.device_type == "cuda" else None), model
 
 
-def evaluate():
-    """(nats per token, bits per unit) on the val split: the first eval_batches batches, the same
-    ones at every eval and for any number of ranks (rank r takes batches r, r + world_size, ...);
-    or, with eval_iters=0, every token of the split once."""
+# -----------------------------------------------------------------------------
+# one step of training, and an evaluation
+
+def get_lr(it, c):
+    if it < c.warmup_iters:  # linear warmup that does not start at zero
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if it >= c.lr_decay_iters:
+        return c.min_lr
+    ratio = (it - c.warmup_iters) / (c.lr_decay_iters - c.warmup_iters)
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
+
+
+def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested):
+    """One optimizer step over accum_steps micro-batches. Returns (the mean loss over micro-steps and
+    ranks, bits per unit of the text it counted, the gradient norm before clipping or None, whether
+    any rank must stop)."""
+    loss_sum, nats_sum, units_sum = (torch.zeros((), device=p.device) for _ in range(3))
+    for micro_step in range(accum_steps):
+        x, y = loader.next_batch()
+        counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
+        units_sum += (units[y.clamp(min=0)] * counted).sum()
+        # DDP all-reduces gradients in backward; only the last micro-step needs it
+        sync = not p.ddp or micro_step == accum_steps - 1
+        with nullcontext() if sync else model.no_sync():
+            with p.autocast:
+                _, loss = model(x, y)
+            loss_sum += loss.detach()
+            nats_sum += loss.detach() * counted.sum()  # loss is the mean over the counted targets
+            scaler.scale(loss / accum_steps).backward()
+    grad_norm = None
+    if c.grad_clip > 0:
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    # one small all-reduce a step: the mean loss over micro-steps and ranks, its nats and the text they
+    # cover, and whether any rank must stop
+    stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,
+                         torch.tensor(float(stop_requested), device=p.device)])
+    if p.ddp:
+        dist.all_reduce(stats)
+    loss, nats, text = stats[0].item() / p.world_size, stats[1].item(), stats[2].item()
+    return loss, nats / text / math.log(2) if text else None, grad_norm, stats[3].item() > 0
+
+
+def evaluate(model, eval_model, val_loader, data_dir, units, c, p):
+    """(nats per token, bits per unit) on the val split: its first eval_iters batches, the same ones
+    at every eval and for any number of ranks (rank r takes batches r, r + world_size, ...); or, with
+    eval_iters=0, every token of the split once."""
     model.eval()
-    if eval_iters:
+    if c.eval_iters:
         val_loader.reset()
-        batches = (val_loader.next_batch() for _ in range(rank, eval_batches, world_size))
+        # more would read the same windows of the val split again, which changes nothing but the time
+        eval_batches = min(c.eval_iters, val_loader.batches_per_pass())
+        batches = (val_loader.next_batch() for _ in range(p.rank, eval_batches, p.world_size))
     else:
-        batches = whole_split_batches(data_dir, "val", batch_size, block_size, rank, world_size)
-    sums = loss_sums(eval_model, batches, units, run_device, autocast)
+        batches = whole_split_batches(data_dir, "val", c.batch_size, c.block_size, p.rank, p.world_size)
+    sums = loss_sums(eval_model, batches, units, p.device, p.autocast)
     model.train()
-    if ddp:
-        totals = torch.tensor(sums, dtype=torch.float64, device=run_device)
+    if p.ddp:
+        totals = torch.tensor(sums, dtype=torch.float64, device=p.device)
         dist.all_reduce(totals)
         sums = totals.tolist()
     return in_units(sums)
+
+
+# -----------------------------------------------------------------------------
+# logging, progress and checkpoints
+
+class RunLog:
+    """A run's records, as JSON lines in out_dir/log.jsonl and in wandb when asked, and its loss
+    curves in out_dir/loss.png; rank 0 keeps them, the other ranks' calls do nothing."""
+
+    def __init__(self, c, p, ckpt, header):
+        self.file, self.wandb = None, None
+        if not p.master:
+            return
+        path = os.path.join(c.out_dir, "log.jsonl")
+        or_fail(os.makedirs, c.out_dir, exist_ok=True)
+        if ckpt is not None and os.path.exists(path):  # drop what was logged after the checkpoint: redone steps
+            with open(path, "rb") as f:
+                kept = f.read(ckpt["log_offset"])
+            write_atomically(path, lambda tmp: Path(tmp).write_bytes(kept))
+        self.file = open(path, "a" if ckpt is not None else "w")
+        if ckpt is None:  # the dataset and the run's length, which plot.py reads
+            self.write(header)  # flushed: plot.py may read the log before the first eval (a HellaSwag pass first)
+        # out_dir/loss.png at every eval, when a core is free for it: where training's threads take every
+        # core (a laptop CPU run), a drawing beside a step made that step 10x slower, so it waits for the end
+        training_threads = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        self.plot = BackgroundPlot(c.out_dir, live=p.device_type != "cpu" or (os.cpu_count() or 1) > training_threads)
+        if c.wandb_log:
+            try:
+                import wandb
+            except ImportError:
+                fail("wandb_log=True needs Weights & Biases: pip install wandb")
+            wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=vars(c))
+            self.wandb = wandb
+
+    def __call__(self, record):
+        if self.file:
+            self.write(record)
+            if self.wandb:
+                self.wandb.log(record, step=record["iter"])
+
+    def write(self, record):
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def offset(self):
+        return self.file.tell()
+
+    def draw(self, final=False):
+        if self.file:
+            self.plot(final=final)
+
+    def close(self):
+        if self.file:
+            self.file.close()
+            if self.wandb:
+                self.wandb.finish()
+
+
+def save(c, p, model, opt, scaler, loader, meta, log, iter_num, best_val_loss, best):
+    """Every rank calls this (the RNG states are gathered); rank 0 writes ckpt.pt, and best.pt if best."""
+    rngs = [None] * p.world_size
+    if p.ddp:
+        dist.all_gather_object(rngs, rng_state(p.device_type))
+    else:
+        rngs[0] = rng_state(p.device_type)
+    if not p.master:
+        return
+    path = os.path.join(c.out_dir, "ckpt.pt")
+    try:
+        save_checkpoint(training_checkpoint(model, opt, scaler, loader, rngs, iter_num=iter_num,
+                                            best_val_loss=best_val_loss, config=vars(c), meta=meta,
+                                            log_offset=log.offset()), path)
+        if best:
+            copy_checkpoint(path, os.path.join(c.out_dir, "best.pt"))
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (full disk, quota) as a RuntimeError
+        reason = getattr(e, "strerror", None) or "the write failed"
+        fail(f"cannot write a checkpoint in {c.out_dir} at iter {iter_num} ({reason}, "
+             f"{shutil.disk_usage(c.out_dir).free / 2**20:,.0f} MiB free on its disk); the last one written is kept: "
+             f"resume from it with --init_from=resume once there is room")
+
+
+class Progress:
+    """The time a run has left: the steps left at the mean time of this process's steps (its first,
+    which compiles and warms up, left out), and the evals left at the last one's time."""
+
+    def __init__(self, first_step):
+        self.first_step, self.steps, self.step_seconds, self.eval_seconds = first_step, 0, 0.0, 0.0
+
+    def step(self, iter_num, dt, c):
+        """(seconds a step, seconds left) after step iter_num took dt seconds."""
+        if iter_num > self.first_step:
+            self.steps, self.step_seconds = self.steps + 1, self.step_seconds + dt
+        step_time = self.step_seconds / self.steps if self.steps else dt
+        evals_left = c.max_iters // c.eval_interval - iter_num // c.eval_interval
+        return step_time, step_time * (c.max_iters - iter_num - 1) + self.eval_seconds * evals_left
 
 
 def tokens(n):
@@ -409,204 +553,148 @@ def duration(seconds):
     return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-# -----------------------------------------------------------------------------
-# logging: a line per log_interval on stdout, the same as JSON in out_dir/log.jsonl
-log_path = os.path.join(out_dir, "log.jsonl")
-log_file = None
-if master:
-    or_fail(os.makedirs, out_dir, exist_ok=True)
-    if ckpt is not None and os.path.exists(log_path):  # drop what was logged after the checkpoint: redone steps
-        with open(log_path, "rb") as f:
-            kept = f.read(ckpt["log_offset"])
-        write_atomically(log_path, lambda tmp: Path(tmp).write_bytes(kept))
-    log_file = open(log_path, "a" if ckpt is not None else "w")
-    if ckpt is None:  # the dataset, where plot.py finds its n-gram baselines, and the run's length
-        log_file.write(json.dumps({"iter": iter_num, "dataset": os.path.abspath(data_dir), "max_iters": max_iters,
-                                   "tokens_per_iter": tokens_per_iter, "bits_per": tokenizer.unit}) + "\n")
-        log_file.flush()  # plot.py may read the log before the first eval (a HellaSwag pass first, say)
-    # out_dir/loss.png at every eval, when a core is free for it: where training's threads take every
-    # core (a laptop CPU run), a drawing beside a step made that step 10x slower, so it waits for the end
-    training_threads = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    redraw_plot = BackgroundPlot(out_dir, live=device_type != "cpu" or (os.cpu_count() or 1) > training_threads)
-    if wandb_log:
-        try:
-            import wandb
-        except ImportError:
-            fail("wandb_log=True needs Weights & Biases: pip install wandb")
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-    if init_from == "resume":
-        start = f"resuming {out_dir} at iter {iter_num}" + "".join(
-            f"; {k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items())
+def announce(c, p, overrides, ckpt, model, iter_num, accum_steps, tokens_per_iter):
+    """What this run is, where it starts, and how large it is, in one line."""
+    if c.init_from == "resume":
+        saved = ckpt["config"]
+        start = f"resuming {c.out_dir} at iter {iter_num}" + "".join(
+            f"; {k}: {saved.get(k)!r} -> {v!r}" for k, v in overrides.items() if k != "init_from" and saved.get(k) != v)
     else:
-        start = f"{'a new run' if init_from == 'scratch' else 'fine-tuning ' + init_from} in {out_dir}"
-    print(f"{start} | {raw_model.num_params() / 1e6:.2f}M parameters | device {run_device}, {run_dtype}, "
-          f"{world_size} process(es) | {tokens_per_iter:,} tokens per iteration = {world_size} x {accum_steps} "
-          f"micro-steps x {batch_size} x {block_size} | {max_iters:,} iterations, "
-          f"{tokens(max_iters * tokens_per_iter)}")
-    if init_from == "resume" and iter_num >= max_iters and not eval_only:
-        print(f"the run in {out_dir} is finished (iter {iter_num} of max_iters={max_iters}): nothing to train. "
+        start = f"{'a new run' if c.init_from == 'scratch' else 'fine-tuning ' + c.init_from} in {c.out_dir}"
+    print(f"{start} | {model.num_params() / 1e6:.2f}M parameters | device {p.device}, {p.dtype}, "
+          f"{p.world_size} process(es) | {tokens_per_iter:,} tokens per iteration = {p.world_size} x {accum_steps} "
+          f"micro-steps x {c.batch_size} x {c.block_size} | {c.max_iters:,} iterations, "
+          f"{tokens(c.max_iters * tokens_per_iter)}")
+    if c.init_from == "resume" and iter_num >= c.max_iters and not c.eval_only:
+        print(f"the run in {c.out_dir} is finished (iter {iter_num} of max_iters={c.max_iters}): nothing to train. "
               f"A larger --max_iters goes on, --init_from=scratch starts over")
-ckpt = None  # free its memory
 
 
-def log(record):
-    if master:
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
-        if wandb_log:
-            wandb.log(record, step=record["iter"])
+def catch_stop_signals():
+    """Preemption (SIGTERM) and Ctrl-C finish the current step, save, and exit 0; a second Ctrl-C
+    kills. A second SIGTERM does not: a cluster may send one to every process of a job, and torchrun
+    passes its own on to its workers. Returns the list that the signals received go into."""
+    received = []
 
+    def request_stop(signum, frame):
+        received.append(signum)
+        if signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
 
-def save(best):
-    """Every rank calls this (the RNG states are gathered); rank 0 writes ckpt.pt, and best.pt if best."""
-    rngs = [None] * world_size
-    if ddp:
-        dist.all_gather_object(rngs, rng_state(device_type))
-    else:
-        rngs[0] = rng_state(device_type)
-    if not master:
-        return
-    path = os.path.join(out_dir, "ckpt.pt")
-    try:
-        save_checkpoint(training_checkpoint(raw_model, opt, scaler, train_loader, rngs, iter_num=iter_num,
-                                            best_val_loss=best_val_loss, config=config, meta=meta,
-                                            log_offset=log_file.tell()), path)
-        if best:
-            copy_checkpoint(path, os.path.join(out_dir, "best.pt"))
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (full disk, quota) as a RuntimeError
-        reason = getattr(e, "strerror", None) or "the write failed"
-        fail(f"cannot write a checkpoint in {out_dir} at iter {iter_num} ({reason}, "
-             f"{shutil.disk_usage(out_dir).free / 2**20:,.0f} MiB free on its disk); the last one written is kept: "
-             f"resume from it with --init_from=resume once there is room")
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return received
 
-
-# Preemption (SIGTERM) and Ctrl-C finish the current step, save, and exit 0; a second Ctrl-C kills.
-# A second SIGTERM does not: a cluster may send one to every process of a job, and torchrun passes
-# its own on to its workers.
-stop_signal = None
-
-
-def request_stop(signum, frame):
-    global stop_signal
-    stop_signal = signum
-    if signum == signal.SIGINT:
-        signal.signal(signum, signal.SIG_DFL)
-
-
-signal.signal(signal.SIGTERM, request_stop)
-signal.signal(signal.SIGINT, request_stop)
 
 # -----------------------------------------------------------------------------
-# the loop
-resumed_at = iter_num if init_from == "resume" else None  # its eval is already logged and saved
-saved_at = resumed_at
-stop = False
-# The time left: the steps left at the mean time of this process's steps (its first, which compiles
-# and warms up, left out), and the evals left at the last one's time.
-first_step, steps_timed, step_seconds, eval_seconds = iter_num, 0, 0.0, 0.0
-while True:
-    t_eval = time.perf_counter()
-    # before the val eval, whose checkpoint then holds it in its log offset
-    if hellaswag_interval and (eval_only or iter_num != resumed_at and (iter_num % hellaswag_interval == 0
-                                                                        or iter_num == max_iters)):
-        # the bare model, in graphs of its own; batch_size rows (4 an example), no more than a micro-step
-        n, acc, acc_norm = hellaswag.evaluate(raw_model, hellaswag_examples, max(1, batch_size // 4), run_device,
-                                              autocast, use_compile)
-        log({"iter": iter_num, "hellaswag_acc": acc, "hellaswag_acc_norm": acc_norm})
-        if master:
-            print(f"iter {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n} examples)")
-    if eval_only or (iter_num % eval_interval == 0 and iter_num != resumed_at):
-        val_loss, val_bits = evaluate()
-        if not math.isfinite(val_loss):
-            fail(f"val loss is {val_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept")
-        log({"iter": iter_num, "val_loss": val_loss, "val_bits": val_bits})
-        if master:
-            print(f"iter {iter_num}: val loss {val_loss:.4f}, {val_bits:.4f} bits per {tokenizer.unit}")
-            redraw_plot()
-        if eval_only:
-            break
-        improved = val_loss < best_val_loss
-        best_val_loss = min(best_val_loss, val_loss)
-        if iter_num > 0 and (improved or always_save_checkpoint or iter_num >= max_iters):
-            save(best=improved)
-            saved_at = iter_num
-        eval_seconds = time.perf_counter() - t_eval
-    if iter_num >= max_iters or stop:
-        break
+# the run
 
-    lr = get_lr(iter_num) if decay_lr else learning_rate
-    for group in opt.param_groups:
-        group["lr"] = group["initial_lr"] * lr / learning_rate
-    t0 = time.perf_counter()
-    loss_sum, nats_sum, units_sum = (torch.zeros((), device=run_device) for _ in range(3))
-    for micro_step in range(accum_steps):
-        x, y = train_loader.next_batch()
-        counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
-        units_sum += (units[y.clamp(min=0)] * counted).sum()
-        # DDP all-reduces gradients in backward; only the last micro-step needs it
-        sync = not ddp or micro_step == accum_steps - 1
-        with nullcontext() if sync else model.no_sync():
-            with autocast:
-                _, loss = model(x, y)
-            loss_sum += loss.detach()
-            nats_sum += loss.detach() * counted.sum()  # loss is the mean over the counted targets
-            scaler.scale(loss / accum_steps).backward()
-    grad_norm = None
-    if grad_clip > 0:
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-    # one small all-reduce a step: the mean loss over micro-steps and ranks, its nats and the text they
-    # cover, and whether any rank must stop
-    stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,
-                         torch.tensor(float(stop_signal is not None), device=run_device)])
-    if ddp:
-        dist.all_reduce(stats)
-    train_loss, train_nats, train_units = stats[0].item() / world_size, stats[1].item(), stats[2].item()
-    stop = stats[3].item() > 0
-    dt = time.perf_counter() - t0
-    if not math.isfinite(train_loss):
-        fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {out_dir} is kept "
-             "(try a lower learning_rate, or bfloat16 instead of float16)")
-    if iter_num > first_step:
-        steps_timed, step_seconds = steps_timed + 1, step_seconds + dt
-    step_time = step_seconds / steps_timed if steps_timed else dt
-    evals_left = max_iters // eval_interval - iter_num // eval_interval
-    time_left = step_time * (max_iters - iter_num - 1) + eval_seconds * evals_left
-    if master and iter_num == first_step + 1:
-        print(f"iter {iter_num}/{max_iters}: about {duration(time_left)} to go, at {step_time * 1000:.0f} ms a step "
-              f"and {eval_seconds:.1f} s an eval")
-    if iter_num % log_interval == 0:
-        mfu = raw_model.estimate_mfu(tokens_per_iter / world_size / dt, peak_flops, block_size)
-        record = {"iter": iter_num, "train_loss": train_loss,
-                  "train_bits": train_nats / train_units / math.log(2) if train_units else None, "lr": lr,
-                  "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
-                  "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
-        log(record)
-        if master:
-            norm = "" if record["grad_norm"] is None else f", norm {record['grad_norm']:.2f}"
-            print(f"iter {iter_num}/{max_iters}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
-                  f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}, "
-                  f"{duration(time_left)} left")
-    iter_num += 1
+def main(argv):
+    config, overrides, ckpt = configuration(argv)
+    c = SimpleNamespace(**config)  # every setting read by its name: c.batch_size
+    p = start_processes(c)
+    accum_steps, tokens_per_iter = batch_shape(c, p.world_size)
+    data_dir, meta, train_loader, val_loader = load_data(c, p)
+    raw_model = build_model(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader)).to(p.device)
+    tokenizer = or_fail(get_tokenizer, meta)
+    units = torch.tensor(tokenizer.units_per_token(), device=p.device)  # characters or bytes: losses in bits per unit
+    if c.hellaswag_interval:
+        hellaswag_examples = or_fail(hellaswag.prepare, c.hellaswag_file, tokenizer, raw_model.config.block_size)
+    opt, scaler = build_optimizer(c, raw_model, p)
+    iter_num, best_val_loss = 0, float("inf")
+    torch.manual_seed(c.seed + 1 + p.rank)  # each rank its own dropout stream
+    if ckpt is not None:  # where the saved run left off: the optimizer, the scaler, the loader and each rank's RNG
+        iter_num, best_val_loss = restore_training(ckpt, opt, scaler, train_loader, p.rank, p.world_size,
+                                                   p.device_type)
+    use_compile = p.device_type == "cuda" if c.compile is None else c.compile
+    model, eval_model = wrap(raw_model, use_compile, p)
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(p.device)) if p.device_type == "cuda" else None
+    log = RunLog(c, p, ckpt, {"iter": iter_num, "dataset": os.path.abspath(data_dir), "max_iters": c.max_iters,
+                              "tokens_per_iter": tokens_per_iter, "bits_per": tokenizer.unit})
+    if p.master:
+        announce(c, p, overrides, ckpt, raw_model, iter_num, accum_steps, tokens_per_iter)
+    auto_resume = overrides.get("init_from", DEFAULTS["init_from"]) == "auto"  # a config file's or a flag's
+    ckpt = None  # free its memory
+    stop_signals = catch_stop_signals()
 
-if not eval_only and saved_at != iter_num:
-    save(best=False)
-if master:
-    redraw_plot(final=True)
-if master and stop:
-    print(f"stopped by signal at iter {iter_num}: checkpoint in {out_dir}; "
-          + ("the same command again continues it" if auto_resume else "continue with --init_from=resume"))
-if ddp:
-    # Leave together, and skip C++'s teardown at exit: a gloo rank sometimes aborted there ("terminate
-    # called without an active exception"; 2 runs in 12 without the barrier, still 1 in about 30 with
-    # it). Everything is written by now: the checkpoint, and log.jsonl, flushed at every line.
-    dist.barrier()
-    dist.destroy_process_group()
-    if master and wandb_log:
-        wandb.finish()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    resumed_at = iter_num if c.init_from == "resume" else None  # its eval is already logged and saved
+    saved_at, stop, progress = resumed_at, False, Progress(iter_num)
+    try:
+        while True:
+            t_eval = time.perf_counter()
+            # before the val eval, whose checkpoint then holds it in its log offset
+            if c.hellaswag_interval and (c.eval_only or iter_num != resumed_at and (
+                    iter_num % c.hellaswag_interval == 0 or iter_num == c.max_iters)):
+                # the bare model, in graphs of its own; batch_size rows (4 an example), no more than a micro-step
+                n, acc, acc_norm = hellaswag.evaluate(raw_model, hellaswag_examples, max(1, c.batch_size // 4),
+                                                      p.device, p.autocast, use_compile)
+                log({"iter": iter_num, "hellaswag_acc": acc, "hellaswag_acc_norm": acc_norm})
+                if p.master:
+                    print(f"iter {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n} examples)")
+            if c.eval_only or (iter_num % c.eval_interval == 0 and iter_num != resumed_at):
+                val_loss, val_bits = evaluate(model, eval_model, val_loader, data_dir, units, c, p)
+                if not math.isfinite(val_loss):
+                    fail(f"val loss is {val_loss} at iter {iter_num}; the last good checkpoint in {c.out_dir} is kept")
+                log({"iter": iter_num, "val_loss": val_loss, "val_bits": val_bits})
+                if p.master:
+                    print(f"iter {iter_num}: val loss {val_loss:.4f}, {val_bits:.4f} bits per {tokenizer.unit}")
+                log.draw()
+                if c.eval_only:
+                    break
+                improved = val_loss < best_val_loss
+                best_val_loss = min(best_val_loss, val_loss)
+                if iter_num > 0 and (improved or c.always_save_checkpoint or iter_num >= c.max_iters):
+                    save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, improved)
+                    saved_at = iter_num
+                progress.eval_seconds = time.perf_counter() - t_eval
+            if iter_num >= c.max_iters or stop:
+                break
+
+            lr = get_lr(iter_num, c) if c.decay_lr else c.learning_rate
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr / c.learning_rate
+            t0 = time.perf_counter()
+            train_loss, train_bits, grad_norm, stop = train_step(model, opt, scaler, train_loader, units, accum_steps,
+                                                                 c, p, bool(stop_signals))
+            dt = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {c.out_dir} is kept "
+                     "(try a lower learning_rate, or bfloat16 instead of float16)")
+            step_time, time_left = progress.step(iter_num, dt, c)
+            if p.master and iter_num == progress.first_step + 1:
+                print(f"iter {iter_num}/{c.max_iters}: about {duration(time_left)} to go, at {step_time * 1000:.0f} ms "
+                      f"a step and {progress.eval_seconds:.1f} s an eval")
+            if iter_num % c.log_interval == 0:
+                mfu = raw_model.estimate_mfu(tokens_per_iter / p.world_size / dt, peak_flops, c.block_size)
+                record = {"iter": iter_num, "train_loss": train_loss, "train_bits": train_bits, "lr": lr,
+                          "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
+                          "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
+                log(record)
+                if p.master:
+                    norm = "" if record["grad_norm"] is None else f", norm {record['grad_norm']:.2f}"
+                    print(f"iter {iter_num}/{c.max_iters}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
+                          f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}, "
+                          f"{duration(time_left)} left")
+            iter_num += 1
+
+        if not c.eval_only and saved_at != iter_num:
+            save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, False)
+        log.draw(final=True)
+    finally:
+        log.close()
+    if p.master and stop:
+        print(f"stopped by signal at iter {iter_num}: checkpoint in {c.out_dir}; "
+              + ("the same command again continues it" if auto_resume else "continue with --init_from=resume"))
+    if p.ddp:
+        # Leave together, and skip C++'s teardown at exit: a gloo rank sometimes aborted there ("terminate
+        # called without an active exception"; 2 runs in 12 without the barrier, still 1 in about 30 with
+        # it). Everything is written by now: the checkpoint, and log.jsonl, flushed at every line.
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

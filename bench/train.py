@@ -34,34 +34,32 @@ from pathlib import Path
 import torch
 
 from atomic import write_atomically
-from configurator import configure, script_defaults
+import train
+from configurator import configure
 from data import dataset_dir, read_meta
 from device import autocast_for, gpu_peak_flops, resolve_device
 from model import GPT, PRESETS, GPTConfig
 from optim import configure_optimizers
 
-# -----------------------------------------------------------------------------
-vocab_size = None  # None: the dataset's (its meta.json's), else 50304, GPT-2's padded, as train.py takes it
-preset = ""  # a GPT-2 size, gpt2 ... gpt2-xl, in place of n_layer, n_head and n_embd
-modes = "eager,compile"  # comma-separated: eager, compile
-warmup = 5  # untimed steps first (compilation happens here)
-steps = 20  # timed steps per repeat
-repeats = 3
-max_batch = False  # CUDA: bench the largest batch_size that fits instead of batch_size
-profile = ""  # a directory: profile each mode's optimizer steps, write its traces here
-out_file = "bench.json"
-# -----------------------------------------------------------------------------
 # What a training step depends on is train.py's to say: its settings for the data, the batch, the
 # model, the optimizer and the device, with its defaults. Its other keys (evaluation, logging) do
 # not change a step; config files may set them, flags may not.
 TRAIN_KEYS = ("dataset", "batch_size", "block_size", *(f.name for f in fields(GPTConfig) if f.name != "vocab_size"),
               "activation_checkpointing", "optimizer", "muon_lr", "muon_momentum", "muon_weight_decay",
               "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "device", "dtype", "seed")
-train_defaults = script_defaults(Path(__file__).resolve().parents[1] / "train.py")
-globals().update({key: train_defaults[key] for key in TRAIN_KEYS})
-defaults = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
-config, _ = configure(defaults, sys.argv[1:], usage=__doc__, files_may_set_others=True)
+DEFAULTS = dict(
+    vocab_size=None,  # None: the dataset's (its meta.json's), else 50304, GPT-2's padded, as train.py takes it
+    preset="",  # a GPT-2 size, gpt2 ... gpt2-xl, in place of n_layer, n_head and n_embd
+    modes="eager,compile",  # comma-separated: eager, compile
+    warmup=5,  # untimed steps first (compilation happens here)
+    steps=20,  # timed steps per repeat
+    repeats=3,
+    max_batch=False,  # CUDA: bench the largest batch_size that fits instead of batch_size
+    profile="",  # a directory: profile each mode's optimizer steps, write its traces here
+    out_file="bench.json",
+    **{key: train.DEFAULTS[key] for key in TRAIN_KEYS},
+)
+config, _ = configure(DEFAULTS, sys.argv[1:], usage=__doc__, files_may_set_others=True)
 globals().update(config)
 
 for mode in modes.split(","):
