@@ -4,9 +4,14 @@ prepared as a char dataset and with a trained BPE vocabulary, tiny models, a run
 text that tokenizers must give back as it was.
 """
 
+import io
+import os
+import signal
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -45,6 +50,31 @@ def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwa
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def run_main(main, *args, cwd=REPO):
+    """A script's main(args) in this process, as `python SCRIPT ARGS` runs it but without starting
+    Python and importing torch again: a CompletedProcess with its exit status, stdout and stderr (a
+    SystemExit's message goes to stderr, as Python's exit writes it). What a run changes in the
+    process is put back after it: the working directory, the signal handlers, torch's deterministic
+    mode. loss.png is not drawn: its child process would only take a core from the tests."""
+    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with redirect_stdout(stdout), redirect_stderr(stderr), mock.patch("plot.BackgroundPlot.__call__"):
+            main([str(a) for a in args])
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            stderr.write(e.code + "\n")
+        returncode = 1 if isinstance(e.code, str) else e.code or 0
+    finally:
+        os.chdir(here)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        torch.use_deterministic_algorithms(False)
+    return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def random_text(rng, n):

@@ -1,4 +1,6 @@
-"""train.py end to end, as users run it: subprocesses on CPU, tiny models, few steps."""
+"""train.py end to end, as users run it, on CPU, with tiny models and few steps: in this process
+where the same run as a command would show nothing more, as processes for torchrun, signals and
+resource limits, and for the one-line error a user sees."""
 
 import json
 import math
@@ -17,8 +19,9 @@ import torch
 import data
 import prepare_chat
 import prepare_shakespeare
-from configurator import configure, script_defaults
-from conftest import REPO, TORCHRUN, run
+import train as train_py
+from configurator import configure
+from conftest import PYTHON, REPO, TORCHRUN, run, run_main
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
@@ -29,8 +32,15 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_emb
 TIMING = ("ms", "tokens_per_sec", "mfu", "seconds_left", "max_iters")
 
 
-def train(*args, **kwargs):
-    return run("train.py", *args, **kwargs)
+def train(*args, check=True, cwd=REPO, launcher=None, **kwargs):
+    """train.py with args: in this process, or as a process where the test needs one (torchrun,
+    subprocess.run's kwargs such as a resource limit)."""
+    if launcher or kwargs:
+        return run("train.py", *args, check=check, cwd=cwd, launcher=launcher or PYTHON, **kwargs)
+    result = run_main(train_py.main, *args, cwd=cwd)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def read_log(out_dir):
@@ -320,6 +330,16 @@ def test_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
+
+
+def test_a_configuration_error_is_one_line_from_the_command_line(char_data, tmp_path):
+    # the checks above run train.main in this process; as a command, a bad setting is one line on
+    # stderr and exit status 1, before anything is written
+    result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={tmp_path / 'out'}", "--n_layers=3",
+                 check=False)
+    assert result.returncode == 1 and result.stderr == ("error: unknown config key 'n_layers' in --n_layers=3; "
+                                                        "did you mean 'n_layer'?\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_input_errors_are_one_line_and_write_nothing(char_data, tmp_path):
@@ -661,7 +681,7 @@ def test_every_shipped_config_is_listed():
 
 @pytest.mark.parametrize("name", sorted(MEANING))
 def test_each_config_means_what_it_meant(name):
-    config, _ = configure(script_defaults(REPO / "train.py"), [str(REPO / "config" / name)])
+    config, _ = configure(train_py.DEFAULTS, [str(REPO / "config" / name)])
     assert {key: config[key] for key in MEANING[name]} == MEANING[name]
 
 
