@@ -43,7 +43,7 @@ from data import ShardLoader, dataset_dir, read_meta, whole_split_batches
 from device import DTYPES, autocast_for, gpu_peak_flops, resolve_device
 from evaluate import in_units, loss_sums
 from hf import from_pretrained
-from model import GPT, GPT2_SWITCHES, PRESETS, GPTConfig
+from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
 from tokenizer import CHAT_TOKENS, get_tokenizer, token_ids
@@ -121,7 +121,7 @@ seed = 1337
 defaults = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 config, overrides = configure(defaults, sys.argv[1:], usage=__doc__)
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *GPT2_SWITCHES)
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *MODERN_SWITCHES)
 
 
 def fail(message):
@@ -314,7 +314,7 @@ elif base_checkpoint(init_from):  # one of our runs, of any shape: fine-tuned on
     model.crop_block_size(block_size)
     del base
 else:
-    switches = GPTConfig(**{k: globals()[k] for k in GPT2_SWITCHES}).modern_switches()
+    switches = GPTConfig(**{k: globals()[k] for k in MODERN_SWITCHES}).modern_switches()
     if switches:
         fail(f"init_from={init_from} loads GPT-2's architecture, which has no "
              f"{', '.join(f'{k}={v!r}' for k, v in switches.items())}: train from scratch to use them")
