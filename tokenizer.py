@@ -1,10 +1,10 @@
 """
 The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file that ships in
 assets/, so nothing needs the network), a byte-level BPE vocabulary trained on a dataset's own
-text, and the character-level one of a char dataset; the prepare scripts' choice among them; how a
-prompt becomes tokens; and the chat template. A dataset's meta.json names its tokenizer (and whether
-it has the chat tokens), and a checkpoint carries that meta, so every script encodes and decodes as
-the data was made.
+text, and the character-level one of a char dataset; the prepare scripts' choice among them; and
+how a prompt becomes tokens. A dataset's meta.json names its tokenizer (and whether it has the chat
+tokens of chat_template.py), and a checkpoint carries that meta, so every script encodes and decodes
+as the data was made.
 
 Losses of different tokenizers compare in bits per unit of text, the unit being a character for
 a char vocabulary and a UTF-8 byte for byte-level BPE: units_per_token gives each token's count.
@@ -21,6 +21,7 @@ import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
+from chat_template import CHAT_TOKENS, chat_token_ids
 from data import MAX_VOCAB, META_FILE, PREPARE_COMMANDS, dataset_dir, read_meta
 
 # GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
@@ -29,23 +30,6 @@ GPT2_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_ENV = "GPT2_TIKTOKEN_FILE"
 GPT2_EOT = 50256
-
-# The chat template. Each turn is its role's opening token, the content's text tokens, and <|end|>:
-#   [<|endoftext|>] <|system|>...<|end|> <|user|>...<|end|> <|assistant|>...<|end|> ...
-# (a conversation starts with the tokenizer's document token where it has one, as GPT-2's documents
-# do). The special tokens take the ids right after the tokenizer's own: 50257..50260 for GPT-2, rows
-# that the padded vocabulary (50304) of models trained here already has; a char vocabulary's come
-# after its characters; a trained BPE vocabulary has them from the start, after <|endoftext|>.
-# Content is always encoded as text, so a message that spells a special token keeps it as text.
-ROLES = ("system", "user", "assistant")
-END = "<|end|>"
-CHAT_TOKENS = (*(f"<|{role}|>" for role in ROLES), END)
-
-
-def chat_token_ids(first):
-    """{spelling: id} of the chat tokens, from id `first` on."""
-    return {token: first + i for i, token in enumerate(CHAT_TOKENS)}
-
 
 # How a trained vocabulary cuts text into pieces before BPE, which never merges across two pieces.
 # GPT-4's (cl100k_base's) keeps numbers to 3 digits, and runs of punctuation and line ends apart
@@ -254,47 +238,6 @@ def encode_prompt(tokenizer, text):
     if not tokens:
         tokens = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
     return tokens
-
-
-def render_conversation(tokenizer, messages):
-    """A conversation as a chat model is trained on it: (tokens, mask), mask 1 where the loss counts
-    the token: the assistant's text and the <|end|> that ends each of its turns. messages are
-    {"role": one of ROLES, "content": str}. ValueError for a tokenizer without chat tokens, or
-    characters that a char vocabulary lacks."""
-    if not tokenizer.chat_tokens:
-        raise ValueError("the model has no chat tokens: fine-tune it on a chat dataset first (prepare_chat.py, "
-                         "then train.py)")
-    tokens = [] if tokenizer.eot_token is None else [tokenizer.eot_token]
-    mask = [0] * len(tokens)
-    for message in messages:
-        content = tokenizer.encode(message["content"])
-        tokens += [tokenizer.chat_tokens[f"<|{message['role']}|>"], *content, tokenizer.chat_tokens[END]]
-        mask += [0] + [int(message["role"] == "assistant")] * (len(content) + 1)
-    return tokens, mask
-
-
-# The same template for transformers' apply_chat_template (export.py writes it into a chat model's
-# tokenizer files). Its special tokens are literals, so that apply_chat_template(...,
-# sanitize_control_tokens=True) keeps their spellings in messages as text, as render_conversation
-# does; {% generation %} marks what the loss counts (return_assistant_tokens_mask=True).
-CHAT_TEMPLATE = (
-    "{{ bos_token or '' }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}<|end|>"
-    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}<|end|>"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>{% generation %}{{ message['content'] }}<|end|>"
-    "{% endgeneration %}"
-    "{% else %}{{ raise_exception('a role must be system, user or assistant, not ' + message['role']) }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def render_prompt(tokenizer, messages):
-    """The tokens that ask for the assistant's next turn: the conversation, then <|assistant|>.
-    Generation ends at <|end|>."""
-    return render_conversation(tokenizer, messages)[0] + [tokenizer.chat_tokens["<|assistant|>"]]
 
 
 def get_tokenizer(meta, vocab_file=None):

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
 from atomic import write_atomically
+from chat_template import CHAT_TOKENS
 from checkpoint import (
     copy_checkpoint,
     load_checkpoint,
@@ -46,7 +47,7 @@ from hf import from_pretrained
 from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
-from tokenizer import CHAT_TOKENS, get_tokenizer, token_ids
+from tokenizer import get_tokenizer, token_ids
 
 # -----------------------------------------------------------------------------
 # The defaults train nanoGPT's small character-level model on Tiny Shakespeare, which ships with the
