@@ -3,9 +3,10 @@ text that spells a special token."""
 
 import pytest
 
+from bpe import train_bpe
 from chat_template import render_conversation, render_prompt
 from conftest import REPO, UNICODE
-from tokenizer import get_tokenizer, train_bpe
+from tokenizer import get_tokenizer
 
 SHAKESPEARE = (REPO / "assets" / "tinyshakespeare.txt").read_text()
 
