@@ -37,7 +37,9 @@ is sorting those keys with numpy; the peak memory is about 20 bytes per train to
 model and 30 for a trigram (100M GPT-2 tokens: 1.9 and 2.9 GB).
 """
 
+import json
 import math
+import os
 import sys
 import time
 
@@ -45,7 +47,7 @@ import numpy as np
 
 from atomic import write_json
 from configurator import configure
-from data import dataset_dir, find_shards, read_meta, read_shard, record_baseline
+from data import dataset_dir, find_shards, read_meta, read_shard
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -62,6 +64,7 @@ defaults = {k: v for k, v in globals().items()
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's, where a count of counts is too small to estimate them
 CHUNK = 1 << 22  # large arrays are searched a chunk at a time, which bounds the temporary memory
+BASELINES_FILE = "baselines.json"  # beside meta.json: {"order": {"val_loss": nats, "val_bits": bits}, ...}
 
 
 def lookup(keys, query):
@@ -212,6 +215,36 @@ class KneserNey:
             lo = max(0, a - self.order + 1)
             total -= np.log(self.probabilities(tokens[lo:a + chunk], first=a - lo)).sum()
         return total / (len(tokens) - 1)
+
+
+# -----------------------------------------------------------------------------
+# the baselines file: what plot.py draws as lines
+
+def read_baselines(data_dir):
+    """{order: {"val_loss": nats per token, "val_bits": bits per character or byte}} of the n-gram
+    models that ngram.py fitted on a dataset; {} where there are none. Files of older versions hold
+    only the loss: their val_bits is None."""
+    path = os.path.join(data_dir, BASELINES_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+        baselines = {}
+        for order, value in recorded.items():
+            if not isinstance(value, dict):  # an older file: the loss alone
+                value = {"val_loss": value, "val_bits": None}
+            bits = value["val_bits"]
+            baselines[int(order)] = {"val_loss": float(value["val_loss"]),
+                                     "val_bits": None if bits is None else float(bits)}
+        return baselines
+    except (ValueError, AttributeError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not a JSON object of order: val loss and bits ({e})") from None
+
+
+def record_baseline(data_dir, order, val_loss, val_bits):
+    baselines = {**read_baselines(data_dir), order: {"val_loss": val_loss, "val_bits": val_bits}}
+    write_json(os.path.join(data_dir, BASELINES_FILE), {str(k): baselines[k] for k in sorted(baselines)})
 
 
 def read_split(data_dir, split):

@@ -30,7 +30,8 @@ import sys
 import numpy as np
 
 from atomic import write_atomically
-from data import dataset_dir, read_baselines
+from data import dataset_dir
+from ngram import read_baselines
 
 FORMATS = ("png", "svg", "pdf")
 WIDTH, ROW_HEIGHT, DPI = 12, 3.5, 100  # inches, and pixels per inch: a PNG is 1200 px wide, 350 px a row

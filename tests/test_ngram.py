@@ -159,7 +159,7 @@ def test_script_reports_records_and_samples(char_data, tmp_path):
     assert all(len(t) == len("ROMEO:") + 40 for t in text) and text[0] != text[1]
     # beside the dataset, merged with what is there
     ngram_py(f"--dataset={char_data}", "--order=1")
-    baselines = data.read_baselines(char_data)
+    baselines = ngram.read_baselines(char_data)
     assert sorted(baselines) == [1, 3] and baselines[1]["val_loss"] == pytest.approx(3.3473, abs=1e-4)
     assert baselines[3] == {"val_loss": report["val_loss"], "val_bits": report["val_bits"]}
     assert not list(char_data.glob("*.tmp"))
@@ -198,7 +198,7 @@ def test_script_on_a_vocabulary_learned_here(bpe_data, tmp_path):
     loss = ngram.KneserNey(train, 3, 512).loss(val)
     units = tokenizer.get_tokenizer(data.read_meta(data_dir)).units_per_token()
     bits = loss * (len(val) - 1) / units[val[1:]].sum() / math.log(2)  # the text is ASCII: a byte a character
-    assert data.read_baselines(data_dir) == {3: {"val_loss": pytest.approx(loss, rel=1e-12),
+    assert ngram.read_baselines(data_dir) == {3: {"val_loss": pytest.approx(loss, rel=1e-12),
                                                  "val_bits": pytest.approx(bits, rel=1e-12)}}
     assert f"{bits:.4f} bits per byte" in result.stdout
     assert "vocab_size 512" in result.stdout and "\nROMEO:" in result.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
+import ngram
 import plot
 from conftest import TORCHRUN, run
 
@@ -57,8 +57,8 @@ def two_runs(tmp_path):
     """A finished run with HellaSwag evals, and a run resumed at iter 20 that redid iters 20..24."""
     dataset = tmp_path / "data"
     dataset.mkdir()
-    data.record_baseline(dataset, 3, 2.04, 2.94)
-    data.record_baseline(dataset, 5, 1.56, 2.25)
+    ngram.record_baseline(dataset, 3, 2.04, 2.94)
+    ngram.record_baseline(dataset, 5, 1.56, 2.25)
     a, b = tmp_path / "out-a", tmp_path / "out-b"
     write_log(a, [{"iter": 0, "dataset": str(dataset)}, {"iter": 0, "val_loss": 4.2}, *steps(0, 40, 512),
                   {"iter": 20, "val_loss": 2.5}, {"iter": 20, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26},
@@ -80,7 +80,7 @@ def test_bits_draws_the_losses_and_baselines_in_bits(tmp_path, capsys):
     dataset = tmp_path / "data"
     dataset.mkdir()
     (dataset / "baselines.json").write_text('{"2": 2.48}')  # an older file: nats only, so no line in bits
-    data.record_baseline(dataset, 3, 2.04, 2.94)
+    ngram.record_baseline(dataset, 3, 2.04, 2.94)
     run = tmp_path / "out"
     records = [{**r, "train_bits": r["train_loss"] / math.log(2)} for r in steps(0, 20, 64)]
     write_log(run, [{"iter": 0, "dataset": str(dataset), "bits_per": "character"}, *records,
@@ -98,9 +98,9 @@ def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkey
     chars, bpe, old, bad = tmp_path / "data" / "chars", tmp_path / "bpe", tmp_path / "old", tmp_path / "bad"
     for dataset in chars, bpe, old, bad:
         dataset.mkdir(parents=True)
-    data.record_baseline(chars, 3, 2.04, 2.94)
-    data.record_baseline(chars, 7, 1.52, 2.19)
-    data.record_baseline(bpe, 6, 3.01, 2.18)
+    ngram.record_baseline(chars, 3, 2.04, 2.94)
+    ngram.record_baseline(chars, 7, 1.52, 2.19)
+    ngram.record_baseline(bpe, 6, 3.01, 2.18)
     (old / "baselines.json").write_text('{"7": 1.52}')  # nats only
     (bad / "baselines.json").write_text('{"7": ')
     run = tmp_path / "out"
@@ -224,7 +224,7 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_emb
 def char_data(char_data, tmp_path_factory):
     """conftest's dataset, copied, with a bigram baseline that loss.png draws as a line."""
     out = Path(shutil.copytree(char_data, tmp_path_factory.mktemp("plot") / "shakespeare_char"))
-    data.record_baseline(out, 2, 2.48, 3.58)
+    ngram.record_baseline(out, 2, 2.48, 3.58)
     return out
 
 
