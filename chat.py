@@ -15,11 +15,11 @@ import time
 
 import torch
 
+from chat_template import END, render_prompt
 from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from generation import check_sampling, generate
-from tokenizer import END, render_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), or a local Hugging Face directory

@@ -25,12 +25,12 @@ import torch
 
 from atomic import write_atomically
 from hf import from_pretrained
-from model import GPT, GPT2_SWITCHES, GPTConfig
+from model import GPT, MODERN_SWITCHES, GPTConfig
 from tokenizer import get_tokenizer
 
 
 # what makes a model's shape: a run that resumes keeps all of them, a fine-tuned model all but its context
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *GPT2_SWITCHES)
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", *MODERN_SWITCHES)
 
 
 def save_checkpoint(ckpt, path):

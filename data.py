@@ -1,7 +1,6 @@
 """
-From tokens on disk to training batches: the shard format, the dataset's metadata files
-(meta.json, and the n-gram baselines that ngram.py records), and the loader that train.py
-draws batches from.
+From tokens on disk to training batches: the shard format, the dataset's metadata (meta.json),
+and the loader that train.py draws batches from.
 
 A shard is the file format of llm.c and modded-nanogpt, so shards move between the projects
 either way: a header of 256 little-endian int32 (header[0] = 20240520, header[1] = 1 for
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomic import write_atomically, write_json
+from atomic import write_atomically
 
 MAGIC = 20240520
 VERSION = 1
@@ -31,7 +30,6 @@ MAX_VOCAB = 2**16  # uint16 holds the token ids 0..65535
 
 META_FILE = "meta.json"
 VOCAB_FILE = "vocab.tiktoken"  # beside meta.json: a trained BPE vocabulary's ranks, in tiktoken's format
-BASELINES_FILE = "baselines.json"  # beside meta.json: {"order": {"val_loss": nats, "val_bits": bits}, ...}
 
 
 # -----------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def read_shard(path):
 
 
 # -----------------------------------------------------------------------------
-# metadata: which tokenizer made a dataset, how many tokens it has, how well count models do
+# metadata: which tokenizer made a dataset
 
 def dataset_dir(dataset):
     """A dataset named in a config: a directory path, or a name under data/."""
@@ -185,33 +183,6 @@ def read_meta(data_dir):
         except OSError as e:
             raise FileNotFoundError(f"cannot read {vocab}, the vocabulary that {path} names: {e.strerror}") from None
     return meta
-
-
-def read_baselines(data_dir):
-    """{order: {"val_loss": nats per token, "val_bits": bits per character or byte}} of the n-gram
-    models that ngram.py fitted on a dataset; {} where there are none. Files of older versions hold
-    only the loss: their val_bits is None."""
-    path = os.path.join(data_dir, BASELINES_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            recorded = json.load(f)
-        baselines = {}
-        for order, value in recorded.items():
-            if not isinstance(value, dict):  # an older file: the loss alone
-                value = {"val_loss": value, "val_bits": None}
-            bits = value["val_bits"]
-            baselines[int(order)] = {"val_loss": float(value["val_loss"]),
-                                     "val_bits": None if bits is None else float(bits)}
-        return baselines
-    except (ValueError, AttributeError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: not a JSON object of order: val loss and bits ({e})") from None
-
-
-def record_baseline(data_dir, order, val_loss, val_bits):
-    baselines = {**read_baselines(data_dir), order: {"val_loss": val_loss, "val_bits": val_bits}}
-    write_json(os.path.join(data_dir, BASELINES_FILE), {str(k): baselines[k] for k in sorted(baselines)})
 
 
 # -----------------------------------------------------------------------------

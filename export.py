@@ -19,10 +19,11 @@ import shutil
 import sys
 
 from atomic import write_json
+from chat_template import END
 from checkpoint import find_run, load_checkpoint, model_from_checkpoint
 from configurator import configure
 from hf import save_bpe_tokenizer, save_gpt2_tokenizer, save_pretrained
-from tokenizer import END, get_tokenizer
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)

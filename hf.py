@@ -14,8 +14,8 @@ import torch
 from tiktoken_ext.openai_public import ENDOFTEXT
 
 from atomic import write_atomically, write_json
+from chat_template import CHAT_TEMPLATE, END
 from model import GPT, GPT2_VOCAB_SIZE, PRESETS, GPTConfig
-from tokenizer import CHAT_TEMPLATE, END
 
 
 def from_pretrained(name_or_path, **overrides):

@@ -48,7 +48,7 @@ class GPTConfig:
     def modern_switches(self):
         """The switches set away from GPT-2, as {name: value}."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name in GPT2_SWITCHES and getattr(self, f.name) != f.default}
+                if f.name in MODERN_SWITCHES and getattr(self, f.name) != f.default}
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -64,7 +64,8 @@ PRESETS = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
 }
 GPT2_VOCAB_SIZE = 50257
-GPT2_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap")
+# the fields that depart from GPT-2 when set away from their defaults, which are GPT-2 as it was
+MODERN_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap")
 ROPE_BASE = 10000.0
 
 

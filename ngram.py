@@ -1,14 +1,15 @@
 """
 Count-based n-gram language models, the baseline a GPT's loss should beat.
 
-  python ngram.py --dataset=shakespeare_char --order=5
+  python ngram.py --dataset=shakespeare_char --order=5          # -> out-ngram-shakespeare-char/baselines.json
   python ngram.py --dataset=fineweb_edu --order=2 --out_file=bigram.json
   python ngram.py --dataset=shakespeare_char --order=7 --num_samples=2 --max_new_tokens=300
 
 Fits the model on the dataset's train split and reports its val loss in train.py's units:
 mean cross-entropy in nats per token over the whole val split, and in bits per character (char
 datasets) or per UTF-8 byte (BPE), in which models of any tokenizer compare. Both are recorded in
-the dataset's baselines.json, where plot.py finds them.
+out_dir/baselines.json, with those of the other orders fitted on the dataset before; plot.py
+--baselines OUT_DIR draws them as lines beside training runs.
 
 Smoothing is interpolated modified Kneser-Ney (Chen & Goodman 1998), the standard for count
 models. For a k-gram hw (history h of k-1 tokens, h' = h without its first token):
@@ -37,7 +38,9 @@ is sorting those keys with numpy; the peak memory is about 20 bytes per train to
 model and 30 for a trigram (100M GPT-2 tokens: 1.9 and 2.9 GB).
 """
 
+import json
 import math
+import os
 import sys
 import time
 
@@ -45,12 +48,13 @@ import numpy as np
 
 from atomic import write_json
 from configurator import configure
-from data import dataset_dir, find_shards, read_meta, read_shard, record_baseline
+from data import dataset_dir, find_shards, read_meta, read_shard
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 dataset = "shakespeare_char"  # a directory under data/, or a path to one
 order = 3  # 1 unigram, 2 bigram, 3 trigram, ...
+out_dir = ""  # baselines.json, each order's val loss; empty: out-ngram-<dataset>, e.g. out-ngram-shakespeare-char
 out_file = ""  # also write {"order": N, "val_loss": X} to this JSON file
 num_samples = 0  # print this many samples from the model
 max_new_tokens = 500
@@ -62,6 +66,7 @@ defaults = {k: v for k, v in globals().items()
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's, where a count of counts is too small to estimate them
 CHUNK = 1 << 22  # large arrays are searched a chunk at a time, which bounds the temporary memory
+BASELINES_FILE = "baselines.json"  # {"dataset": DIR, "orders": {"3": {"val_loss": nats, "val_bits": bits}, ...}}
 
 
 def lookup(keys, query):
@@ -214,6 +219,31 @@ class KneserNey:
         return total / (len(tokens) - 1)
 
 
+# -----------------------------------------------------------------------------
+# out_dir/baselines.json: what plot.py --baselines draws as lines
+
+def read_baselines(out_dir):
+    """(dataset, {order: {"val_loss": nats per token, "val_bits": bits per character or byte}}) of the
+    n-gram models that ngram.py fitted on dataset (its directory's absolute path) and recorded in
+    out_dir; None where it recorded none."""
+    path = os.path.join(out_dir, BASELINES_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+        orders = {int(order): {"val_loss": float(b["val_loss"]), "val_bits": float(b["val_bits"])}
+                  for order, b in recorded["orders"].items()}
+        return str(recorded["dataset"]), orders
+    except (ValueError, AttributeError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not the n-gram baselines that ngram.py writes ({type(e).__name__}: {e})") from None
+
+
+def write_baselines(out_dir, dataset, baselines):
+    write_json(os.path.join(out_dir, BASELINES_FILE),
+               {"dataset": dataset, "orders": {str(k): baselines[k] for k in sorted(baselines)}})
+
+
 def read_split(data_dir, split):
     shards = [read_shard(p) for p in find_shards(data_dir, split)]
     return shards[0] if len(shards) == 1 else np.concatenate(shards)  # one shard stays a memory map
@@ -244,6 +274,8 @@ def fail(message):
 
 def main(argv):
     config, _ = configure(defaults, argv, usage=__doc__)
+    if not config["out_dir"]:
+        config["out_dir"] = "out-ngram-" + os.path.basename(os.path.normpath(config["dataset"])).replace("_", "-")
     globals().update(config)
     if order < 1:
         fail(f"order={order}: it must be at least 1 (1 unigram, 2 bigram, ...)")
@@ -266,6 +298,15 @@ def main(argv):
             fail(f"the {split} split of {data_dir} has {len(tokens)} tokens: too few to fit or score a model")
         if tokens.max() >= vocab_size:
             fail(f"the {split} split of {data_dir} has token id {tokens.max()}, but its vocab_size is {vocab_size}")
+    # out_dir is checked before the fit, which can take minutes
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        fail(f"out_dir={out_dir} is a file, not a directory: choose another --out_dir")
+    try:
+        recorded = read_baselines(out_dir)
+    except (OSError, ValueError) as e:
+        fail(e)
+    if recorded and recorded[0] != os.path.abspath(data_dir):
+        fail(f"{out_dir} holds the n-gram baselines of {recorded[0]}: give {data_dir} an --out_dir of its own")
 
     t0 = time.perf_counter()
     print(f"{data_dir}: {len(train):,} train and {len(val):,} val tokens, vocab_size {vocab_size}", flush=True)
@@ -277,10 +318,12 @@ def main(argv):
     print(f"order {order}: val loss {val_loss:.4f} nats/token (perplexity {math.exp(val_loss):.2f}), "
           f"{val_bits:.4f} bits per {tokenizer.unit}; fit in {t1 - t0:.1f} s, scored in {time.perf_counter() - t1:.1f} s",
           flush=True)
+    baselines = {**(recorded[1] if recorded else {}), order: {"val_loss": val_loss, "val_bits": val_bits}}
     try:
-        record_baseline(data_dir, order, val_loss, val_bits)
-    except (OSError, ValueError) as e:
-        print(f"warning: the baseline is not recorded beside the dataset: {e}", file=sys.stderr)
+        os.makedirs(out_dir, exist_ok=True)
+        write_baselines(out_dir, os.path.abspath(data_dir), baselines)
+    except OSError as e:
+        fail(f"cannot write {os.path.join(out_dir, BASELINES_FILE)}: {e.strerror}")
     if out_file:
         try:
             write_json(out_file, {"order": order, "val_loss": val_loss, "val_bits": val_bits,

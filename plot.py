@@ -5,16 +5,18 @@ Loss curves of training runs, drawn from their out_dir/log.jsonl.
   python plot.py out-a out-b --x=tokens --out=curves.svg        # runs of different batch sizes
   python plot.py out-gpt2 --ref "GPT-2 124M=3.29"               # a reference line on the val panel
   python plot.py out-char out-bpe --bits                        # losses in bits per character or byte
-  python plot.py out-shakespeare-record-cpu --bits --baselines shakespeare_char --ymax=3   # char n-grams too
+  python plot.py out-shakespeare-char-cpu --baselines out-ngram-shakespeare-char   # ngram.py's lines
+  python plot.py out-shakespeare-record-cpu --bits --baselines out-ngram-shakespeare-char --ymax=3   # char n-grams
 
 Panels: train loss (smoothed, the raw values faint), val loss, and where a log has them
 HellaSwag accuracy, learning rate and tokens/s; one colour per run, labelled by its directory.
-The val panel also shows the n-gram baselines that ngram.py recorded for the run's dataset.
---x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and the
-baselines) in bits per character for char datasets or per UTF-8 byte for BPE ones, the scale on
-which runs of different tokenizers compare; with --bits, --baselines DATASET adds the n-gram lines
-of another dataset of the same text, e.g. the character n-grams beside a BPE run (for ASCII text
-such as Tiny Shakespeare a character is a byte). PNG, SVG or PDF by --out's extension.
+--baselines NGRAM_DIR adds to the val panel the n-gram baselines that ngram.py recorded in its
+out_dir. --x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and
+the baselines) in bits per character for char datasets or per UTF-8 byte for BPE ones, the scale
+on which runs of different tokenizers compare: in nats per token only the n-grams of the runs' own
+dataset are drawn, with --bits those of any dataset of the same text, e.g. the character n-grams
+beside a BPE run (for ASCII text such as Tiny Shakespeare a character is a byte). PNG, SVG or PDF
+by --out's extension.
 A log that a run is still writing, a resumed run's log and a DDP run's log all read as they are.
 train.py redraws out_dir/loss.png with this at every evaluation when matplotlib is installed.
 """
@@ -30,7 +32,7 @@ import sys
 import numpy as np
 
 from atomic import write_atomically
-from data import dataset_dir, read_baselines
+from ngram import BASELINES_FILE, read_baselines
 
 FORMATS = ("png", "svg", "pdf")
 WIDTH, ROW_HEIGHT, DPI = 12, 3.5, 100  # inches, and pixels per inch: a PNG is 1200 px wide, 350 px a row
@@ -104,44 +106,31 @@ def smoothed(y, fraction):
     return (cumulative[i + half + 1] - cumulative[i - half]) / (2 * half + 1)
 
 
-def reference_lines(logs, refs, bits=False, others=()):
-    """(label, value) of each line on the val panel: the n-gram baselines (in nats per token, or bits:
-    those recorded with bits) of the runs' datasets and of others, datasets named by --baselines, then
-    refs. Another dataset's n-gram may count other tokens, so its lines are drawn only in bits."""
-    if others and not bits:
-        raise ValueError("--baselines: another dataset's n-gram losses compare with a run's only in bits per "
-                         "character or byte; add --bits")
-    named = {}
-    for name in others:
-        path = os.path.abspath(dataset_dir(name))
-        if not os.path.isdir(path):
-            raise ValueError(f"--baselines {name}: no dataset directory there nor under data/")
-        named[path] = name
-    datasets = list(dict.fromkeys([dataset for _, dataset in logs if dataset] + list(named)))
+def reference_lines(logs, refs, bits=False, ngram_dirs=()):
+    """(label, value) of each line on the val panel: the n-gram baselines that ngram.py recorded in
+    ngram_dirs (--baselines), in nats per token or with bits in bits, then refs. Another dataset's
+    n-grams may count other tokens than the runs', so their lines are drawn only in bits."""
+    datasets = {dataset for _, dataset in logs}
     lines = []
-    for dataset in datasets:
-        try:
-            baselines = read_baselines(dataset)
-        except (OSError, ValueError) as e:
-            if dataset in named:
-                raise
-            warn(f"no baselines drawn for {dataset}: {e}")
-            continue
-        name = f" ({os.path.basename(os.path.normpath(dataset))})" if len(datasets) > 1 else ""
-        found = [(f"{order}-gram KN{name}", b[VAL[bits]]) for order, b in baselines.items()
-                 if b[VAL[bits]] is not None]
-        if dataset in named and not found:
-            raise ValueError(f"--baselines {named[dataset]}: no n-gram baselines in bits recorded there; "
-                             f"run python ngram.py --dataset={named[dataset]} --order=7 first")
-        lines += found
+    for directory in ngram_dirs:
+        recorded = read_baselines(directory)
+        if recorded is None:
+            raise ValueError(f"--baselines {directory}: no n-gram baselines ({BASELINES_FILE}) there; run "
+                             f"python ngram.py --dataset=DATASET --order=7 --out_dir={directory} first")
+        dataset, baselines = recorded
+        if not bits and dataset not in datasets:
+            raise ValueError(f"--baselines {directory}: the n-grams of another dataset ({dataset}) compare with "
+                             "a run's losses only in bits per character or byte; add --bits")
+        name = f" ({os.path.basename(dataset)})" if len(ngram_dirs) > 1 else ""
+        lines += [(f"{order}-gram KN{name}", b[VAL[bits]]) for order, b in baselines.items()]
     return lines + list(refs)
 
 
-def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=(), ymax=None):
+def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, ngram_dirs=(), ymax=None):
     """Draws runs (their out_dirs) into out, a .png, .svg or .pdf file, written whole or not at all,
     and returns the figure; with bits, the losses in bits per character or byte rather than nats per
-    token; baselines names datasets whose n-gram lines are drawn beside the runs' own; ymax caps the
-    loss panels' axes."""
+    token; ngram_dirs names ngram.py's out_dirs, whose n-gram baselines are drawn as lines; ymax caps
+    the loss panels' axes."""
     fmt = out.rsplit(".", 1)[-1].lower()
     if fmt not in FORMATS:
         raise ValueError(f"cannot write {out}: name a .png, .svg or .pdf file")
@@ -151,7 +140,7 @@ def draw(runs, out, x="steps", refs=(), smooth=0.02, bits=False, baselines=(), y
         raise ValueError("plot.py needs matplotlib: pip install matplotlib") from None
 
     logs = [read_log(run) for run in runs]
-    lines = reference_lines(logs, refs, bits, baselines)
+    lines = reference_lines(logs, refs, bits, ngram_dirs)
     panels = [(title, fields) for title, fields in (BITS_PANELS + PANELS[2:] if bits else PANELS)
               if any(f in series for series, _ in logs for f in fields) or (fields == [VAL[bits]] and lines)]
     cols = 1 if len(panels) == 1 else 2
@@ -222,9 +211,10 @@ def main(argv=None):
                         help="losses in bits per character (char data) or UTF-8 byte (BPE) instead of nats per token")
     parser.add_argument("--ymax", type=float, help="the top of the loss panels' axes, e.g. to leave the first "
                         "steps' high loss out of view")
-    parser.add_argument("--baselines", action="append", default=[], metavar="DATASET",
-                        help="with --bits: also draw the n-gram baselines of this dataset (e.g. shakespeare_char "
-                             "beside a BPE run); repeat for more")
+    parser.add_argument("--baselines", action="append", default=[], metavar="NGRAM_DIR",
+                        help="draw the n-gram baselines that ngram.py recorded in this out_dir: of the runs' "
+                             "dataset, or with --bits of any (e.g. out-ngram-shakespeare-char beside a BPE run); "
+                             "repeat for more")
     args = parser.parse_args(argv)
     try:
         if not 0 <= args.smooth <= 1:

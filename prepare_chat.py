@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from chat_template import ROLES, render_conversation
 import data
 from prepare_shakespeare import SHIPPED
-from tokenizer import GPT2_ENV, ROLES, get_tokenizer, render_conversation, tokenizer_from
+from tokenizer import GPT2_ENV, get_tokenizer
+from tokenizer_choice import tokenizer_from
 
 PREFIX = "chat"
 VAL_EVERY = 20  # conversation 19, 39, 59, ... goes to val

@@ -39,7 +39,9 @@ import numpy as np
 from tqdm import tqdm
 
 import data
-from tokenizer import add_tokenizer_arguments, choose_tokenizer, get_tokenizer, train_bpe
+from bpe import train_bpe
+from tokenizer import get_tokenizer
+from tokenizer_choice import add_tokenizer_arguments, choose_tokenizer
 
 PREFIX = "fineweb"
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}

@@ -21,7 +21,9 @@ import urllib.request
 from pathlib import Path
 
 import data
-from tokenizer import CharTokenizer, add_tokenizer_arguments, choose_tokenizer, train_bpe
+from bpe import train_bpe
+from tokenizer import CharTokenizer
+from tokenizer_choice import add_tokenizer_arguments, choose_tokenizer
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

@@ -28,11 +28,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from chat_template import END, ROLES, render_prompt
 from checkpoint import find_run, load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from engine import Engine, Job
-from tokenizer import END, ROLES, encode_prompt, render_prompt
+from tokenizer import encode_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory

@@ -1,10 +1,10 @@
 """
 The tokenizers: GPT-2's byte-level BPE (through tiktoken, from the ranks file that ships in
 assets/, so nothing needs the network), a byte-level BPE vocabulary trained on a dataset's own
-text, and the character-level one of a char dataset; the prepare scripts' choice among them; how a
-prompt becomes tokens; and the chat template. A dataset's meta.json names its tokenizer (and whether
-it has the chat tokens), and a checkpoint carries that meta, so every script encodes and decodes as
-the data was made.
+text (bpe.py learns it), and the character-level one of a char dataset; and how a prompt becomes
+tokens. A dataset's meta.json names its tokenizer (and whether it has the chat tokens of
+chat_template.py), and a checkpoint carries that meta, so every script encodes and decodes as the
+data was made.
 
 Losses of different tokenizers compare in bits per unit of text, the unit being a character for
 a char vocabulary and a UTF-8 byte for byte-level BPE: units_per_token gives each token's count.
@@ -21,7 +21,7 @@ import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-from data import MAX_VOCAB, META_FILE, PREPARE_COMMANDS, dataset_dir, read_meta
+from chat_template import CHAT_TOKENS, chat_token_ids
 
 # GPT-2's BPE ranks in tiktoken's format, byte-identical to tiktoken's r50k_base.tiktoken,
 # shipped so that nothing needs the network
@@ -29,23 +29,6 @@ GPT2_FILE = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_ENV = "GPT2_TIKTOKEN_FILE"
 GPT2_EOT = 50256
-
-# The chat template. Each turn is its role's opening token, the content's text tokens, and <|end|>:
-#   [<|endoftext|>] <|system|>...<|end|> <|user|>...<|end|> <|assistant|>...<|end|> ...
-# (a conversation starts with the tokenizer's document token where it has one, as GPT-2's documents
-# do). The special tokens take the ids right after the tokenizer's own: 50257..50260 for GPT-2, rows
-# that the padded vocabulary (50304) of models trained here already has; a char vocabulary's come
-# after its characters; a trained BPE vocabulary has them from the start, after <|endoftext|>.
-# Content is always encoded as text, so a message that spells a special token keeps it as text.
-ROLES = ("system", "user", "assistant")
-END = "<|end|>"
-CHAT_TOKENS = (*(f"<|{role}|>" for role in ROLES), END)
-
-
-def chat_token_ids(first):
-    """{spelling: id} of the chat tokens, from id `first` on."""
-    return {token: first + i for i, token in enumerate(CHAT_TOKENS)}
-
 
 # How a trained vocabulary cuts text into pieces before BPE, which never merges across two pieces.
 # GPT-4's (cl100k_base's) keeps numbers to 3 digits, and runs of punctuation and line ends apart
@@ -57,7 +40,6 @@ GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}|
 PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": r50k_pat_str}
 # a trained vocabulary's ids: the 256 bytes, its merges, then these
 BPE_SPECIAL_TOKENS = (ENDOFTEXT, *CHAT_TOKENS)
-MIN_BPE_VOCAB = 256 + len(BPE_SPECIAL_TOKENS)
 
 
 def read_ranks(text):
@@ -188,7 +170,7 @@ class CharTokenizer:
 
 
 class BPETokenizer(GPT2Tokenizer):
-    """A byte-level BPE vocabulary learned from a dataset's text (train_bpe), which tiktoken encodes and
+    """A byte-level BPE vocabulary learned from a dataset's text (bpe.train_bpe), which tiktoken encodes and
     decodes as it does GPT-2's: from ranks (token bytes: id) and a split pattern. Its ids are the 256
     bytes, the merges in the order they were learned, then BPE_SPECIAL_TOKENS. The chat tokens are
     always there; chat says whether the model was trained to use them."""
@@ -207,46 +189,6 @@ class BPETokenizer(GPT2Tokenizer):
         return {**super().meta(), "pattern": self.pattern, "vocab": write_ranks(self.enc._mergeable_ranks)}
 
 
-def check_bpe_vocab_size(vocab_size):
-    if vocab_size < MIN_BPE_VOCAB:
-        raise ValueError(f"--vocab_size {vocab_size} is too small: a byte-level BPE vocabulary has the 256 bytes "
-                         f"and {len(BPE_SPECIAL_TOKENS)} special tokens, so at least {MIN_BPE_VOCAB}")
-    if vocab_size > MAX_VOCAB:
-        raise ValueError(f"--vocab_size {vocab_size} is too large: token ids must fit the uint16 shards, "
-                         f"so at most {MAX_VOCAB:,}")
-
-
-def utf8_text(text):
-    """text as UTF-8 can hold it. A str read from UTF-8 always can; one from elsewhere (JSON's "\\ud800"
-    escapes) may hold lone surrogates, which no UTF-8 text has: each becomes U+FFFD, the replacement
-    character, and a surrogate pair becomes its character. tiktoken's encode does the same."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def train_bpe(texts, vocab_size, pattern="gpt4"):
-    """A BPETokenizer of vocab_size ids, special tokens included, learned from the strings of texts by
-    rustbpe (nanochat's trainer: parallel, and the same merges for any number of threads)."""
-    check_bpe_vocab_size(vocab_size)
-    try:
-        import rustbpe  # only here: sampling and serving need tiktoken alone
-    except ImportError:
-        raise RuntimeError("training a BPE vocabulary needs the rustbpe package: pip install rustbpe") from None
-    trainer = rustbpe.Tokenizer()
-    merged = vocab_size - len(BPE_SPECIAL_TOKENS)  # the 256 bytes and the merges
-    trainer.train_from_iterator(map(utf8_text, texts), merged, pattern=PATTERNS[pattern])
-    ranks = dict(trainer.get_mergeable_ranks())
-    if len(ranks) < merged:
-        # once every piece of the text is one token, no pair is left to merge
-        raise ValueError(f"the text has room for {len(ranks) - 256:,} merges, not the {merged - 256:,} that "
-                         f"--vocab_size {vocab_size} needs: use --vocab_size {len(ranks) + len(BPE_SPECIAL_TOKENS)} "
-                         f"or less, or more text")
-    return BPETokenizer(ranks, pattern)
-
-
 def encode_prompt(tokenizer, text):
     """A prompt's tokens; an empty prompt starts where a document starts. ValueError for characters
     that a char-level tokenizer never saw."""
@@ -254,47 +196,6 @@ def encode_prompt(tokenizer, text):
     if not tokens:
         tokens = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
     return tokens
-
-
-def render_conversation(tokenizer, messages):
-    """A conversation as a chat model is trained on it: (tokens, mask), mask 1 where the loss counts
-    the token: the assistant's text and the <|end|> that ends each of its turns. messages are
-    {"role": one of ROLES, "content": str}. ValueError for a tokenizer without chat tokens, or
-    characters that a char vocabulary lacks."""
-    if not tokenizer.chat_tokens:
-        raise ValueError("the model has no chat tokens: fine-tune it on a chat dataset first (prepare_chat.py, "
-                         "then train.py)")
-    tokens = [] if tokenizer.eot_token is None else [tokenizer.eot_token]
-    mask = [0] * len(tokens)
-    for message in messages:
-        content = tokenizer.encode(message["content"])
-        tokens += [tokenizer.chat_tokens[f"<|{message['role']}|>"], *content, tokenizer.chat_tokens[END]]
-        mask += [0] + [int(message["role"] == "assistant")] * (len(content) + 1)
-    return tokens, mask
-
-
-# The same template for transformers' apply_chat_template (export.py writes it into a chat model's
-# tokenizer files). Its special tokens are literals, so that apply_chat_template(...,
-# sanitize_control_tokens=True) keeps their spellings in messages as text, as render_conversation
-# does; {% generation %} marks what the loss counts (return_assistant_tokens_mask=True).
-CHAT_TEMPLATE = (
-    "{{ bos_token or '' }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}<|end|>"
-    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}<|end|>"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>{% generation %}{{ message['content'] }}<|end|>"
-    "{% endgeneration %}"
-    "{% else %}{{ raise_exception('a role must be system, user or assistant, not ' + message['role']) }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def render_prompt(tokenizer, messages):
-    """The tokens that ask for the assistant's next turn: the conversation, then <|assistant|>.
-    Generation ends at <|end|>."""
-    return render_conversation(tokenizer, messages)[0] + [tokenizer.chat_tokens["<|assistant|>"]]
 
 
 def get_tokenizer(meta, vocab_file=None):
@@ -320,65 +221,8 @@ def get_tokenizer(meta, vocab_file=None):
     raise ValueError(f"unknown tokenizer {kind!r} in the dataset's meta.json (expected 'gpt2', 'char' or 'bpe')")
 
 
-# -----------------------------------------------------------------------------
-# the prepare scripts' choice of tokenizer
-
-def add_tokenizer_arguments(parser, kinds, default):
-    """The flags that choose a prepare script's tokenizer: --tokenizer among kinds (of gpt2, char, bpe),
-    --vocab_size and --pattern for a BPE vocabulary trained on the data, --tokenizer_from for the
-    tokenizer of a dataset already made, --vocab_file for GPT-2's ranks."""
-    parser.add_argument("--tokenizer", choices=kinds, help=f"default: {default}")
-    parser.add_argument("--vocab_size", type=int,
-                        help=f"bpe: the vocabulary's size, {MIN_BPE_VOCAB} to {MAX_VOCAB:,}, special tokens included")
-    parser.add_argument("--pattern", choices=list(PATTERNS),
-                        help="bpe: how text is split before BPE, as GPT-4 (the default) or GPT-2 split it")
-    parser.add_argument("--tokenizer_from", metavar="DATA_DIR",
-                        help="the tokenizer of a dataset made before (a path or a name under data/), e.g. the "
-                             "data of the model to fine-tune")
-    parser.add_argument("--vocab_file", help=f"GPT-2 ranks file (default: ${GPT2_ENV} or the shipped one)")
-    parser.set_defaults(default_tokenizer=default, tokenizer_kinds=kinds)
-
-
 def token_ids(meta):
     """What a model's token ids mean, chat tokens aside: the tokenizer, and its characters or its
     trained vocabulary, if any."""
     meta = meta or {"tokenizer": "gpt2"}  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
     return meta["tokenizer"], meta.get("chars"), meta.get("pattern"), meta.get("vocab")
-
-
-def tokenizer_from(dataset, vocab_file=None, chat=False):
-    """The tokenizer of a prepared dataset (a directory, or a name under data/), as --tokenizer_from
-    takes it; with chat, its chat tokens too."""
-    directory = dataset_dir(dataset)
-    meta = read_meta(directory)
-    if meta is None:
-        where = directory if directory == dataset else f"{dataset} or {directory}"
-        command = PREPARE_COMMANDS.get(Path(dataset).name)
-        make = f"make it with `{command}`" if command else "prepare that dataset first"
-        raise ValueError(f"--tokenizer_from {dataset}: no prepared dataset (no {META_FILE}) at {where}, so no "
-                         f"tokenizer to take: {make}")
-    return get_tokenizer({**meta, "chat": True} if chat else meta, vocab_file)
-
-
-def choose_tokenizer(args):
-    """What add_tokenizer_arguments' flags ask for: (kind, tokenizer), the tokenizer being None for the
-    kinds that are made from the data (char, bpe: the script makes it), ready for the others. A bad
-    combination of flags is a ValueError, raised before any text is read."""
-    if args.tokenizer_from:
-        if args.tokenizer or args.vocab_size is not None or args.pattern:
-            raise ValueError("--tokenizer_from takes another dataset's tokenizer as it is: "
-                             "leave out --tokenizer, --vocab_size and --pattern")
-        tokenizer = tokenizer_from(args.tokenizer_from, args.vocab_file)
-        if tokenizer.kind not in args.tokenizer_kinds:
-            raise ValueError(f"--tokenizer_from {args.tokenizer_from} has a {tokenizer.kind} tokenizer; "
-                             f"this script makes datasets of {', '.join(args.tokenizer_kinds)} tokens")
-        return tokenizer.kind, tokenizer
-    kind = args.tokenizer or args.default_tokenizer
-    if kind != "bpe" and (args.vocab_size is not None or args.pattern):
-        raise ValueError("--vocab_size and --pattern are for --tokenizer bpe")
-    if kind == "bpe":
-        if args.vocab_size is None:
-            raise ValueError(f"--tokenizer bpe needs --vocab_size N, from {MIN_BPE_VOCAB} to {MAX_VOCAB:,}")
-        check_bpe_vocab_size(args.vocab_size)
-        args.pattern = args.pattern or "gpt4"
-    return kind, GPT2Tokenizer(gpt2_encoding(args.vocab_file)) if kind == "gpt2" else None

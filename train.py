@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
 from atomic import write_atomically
+from chat_template import CHAT_TOKENS
 from checkpoint import (
     SHAPE_KEYS,
     copy_checkpoint,
@@ -46,10 +47,10 @@ from data import ShardLoader, dataset_dir, read_meta, whole_split_batches
 from device import DTYPES, autocast_for, gpu_peak_flops, resolve_device
 from evaluate import in_units, loss_sums
 from hf import from_pretrained
-from model import GPT, GPT2_SWITCHES, PRESETS, GPTConfig
+from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
-from tokenizer import CHAT_TOKENS, get_tokenizer, token_ids
+from tokenizer import get_tokenizer, token_ids
 
 # -----------------------------------------------------------------------------
 # The defaults train nanoGPT's small character-level model on Tiny Shakespeare, which ships with the
@@ -303,7 +304,7 @@ def build_model(c, overrides, ckpt, data_dir, meta, loaders):
     elif base_checkpoint(c.init_from):  # one of our runs, of any shape: fine-tuned on this dataset
         model = fine_tuned_run(c, overrides, data_dir, meta)
     else:
-        switches = GPTConfig(**{k: getattr(c, k) for k in GPT2_SWITCHES}).modern_switches()
+        switches = GPTConfig(**{k: getattr(c, k) for k in MODERN_SWITCHES}).modern_switches()
         if switches:
             fail(f"init_from={c.init_from} loads GPT-2's architecture, which has no "
                  f"{', '.join(f'{k}={v!r}' for k, v in switches.items())}: train from scratch to use them")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tokenizer import gpt2_encoding, train_bpe
+from bpe import train_bpe
+from tokenizer import gpt2_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 

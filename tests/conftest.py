@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import prepare_shakespeare
+from chat_template import END, render_prompt
 from checkpoint import load_model, save_checkpoint
 from generation import generate
 from model import GPT, GPTConfig
-from tokenizer import END, render_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))  # the char vocabulary

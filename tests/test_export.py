@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
+from bpe import train_bpe
+from chat_template import CHAT_TOKENS, render_conversation, render_prompt
 from conftest import CHARS, CHAT_META, REPO, UNICODE, run, save_run, tiny_model
-from tokenizer import CHAT_TOKENS, get_tokenizer, render_conversation, render_prompt, train_bpe
+from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import hellaswag
+from bpe import train_bpe
 from checkpoint import save_checkpoint
 from conftest import PYTHON, TORCHRUN, run, save_run, tiny_model
 from hf import save_pretrained
-from tokenizer import get_tokenizer, train_bpe
+from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

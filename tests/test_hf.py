@@ -5,10 +5,11 @@ import random
 import pytest
 import torch
 
+from bpe import train_bpe
+from chat_template import CHAT_TOKENS
 from conftest import REPO, UNICODE, VARIED_TEXTS, random_text, tiny_model
 from hf import from_pretrained, save_bpe_tokenizer, save_pretrained
 from model import GPT, GPTConfig
-from tokenizer import CHAT_TOKENS, train_bpe
 
 transformers = pytest.importorskip("transformers")
 

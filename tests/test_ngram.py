@@ -2,9 +2,7 @@
 
 import json
 import math
-import shutil
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,16 +131,11 @@ def ngram_py(*args, check=True):
     return run("ngram.py", *args, check=check)
 
 
-@pytest.fixture(scope="module")
-def char_data(char_data, tmp_path_factory):
-    """conftest's dataset, copied: ngram.py records its baselines beside the dataset."""
-    return Path(shutil.copytree(char_data, tmp_path_factory.mktemp("ngram") / "shakespeare_char"))
-
-
 def test_script_reports_records_and_samples(char_data, tmp_path):
     out_file = tmp_path / "trigram.json"
-    result = ngram_py(f"--dataset={char_data}", "--order=3", f"--out_file={out_file}", "--num_samples=2",
-                      "--max_new_tokens=40", "--start=ROMEO:")
+    # run where the user stands: the baselines go to out-ngram-<dataset> there
+    result = run("ngram.py", f"--dataset={char_data}", "--order=3", f"--out_file={out_file}", "--num_samples=2",
+                 "--max_new_tokens=40", "--start=ROMEO:", cwd=tmp_path)
     report = json.loads(out_file.read_text())
     assert set(report) == {"order", "val_loss", "val_bits", "bits_per"} and report["order"] == 3
     # the same number as the model scored directly on the val shard
@@ -157,12 +150,29 @@ def test_script_reports_records_and_samples(char_data, tmp_path):
     assert len(samples) == 3
     text = [s[s.index("ROMEO:"):] for s in samples[:2]]
     assert all(len(t) == len("ROMEO:") + 40 for t in text) and text[0] != text[1]
-    # beside the dataset, merged with what is there
-    ngram_py(f"--dataset={char_data}", "--order=1")
-    baselines = data.read_baselines(char_data)
-    assert sorted(baselines) == [1, 3] and baselines[1]["val_loss"] == pytest.approx(3.3473, abs=1e-4)
+    # in the out_dir, merged with what is there; nothing is written into the dataset
+    out_dir = tmp_path / ("out-ngram-" + char_data.name.replace("_", "-"))
+    ngram_py(f"--dataset={char_data}", "--order=1", f"--out_dir={out_dir}")
+    dataset, baselines = ngram.read_baselines(out_dir)
+    assert dataset == str(char_data) and sorted(baselines) == [1, 3]
+    assert baselines[1]["val_loss"] == pytest.approx(3.3473, abs=1e-4)
     assert baselines[3] == {"val_loss": report["val_loss"], "val_bits": report["val_bits"]}
-    assert not list(char_data.glob("*.tmp"))
+    assert not list(out_dir.glob("*.tmp")) and not list(char_data.glob("baselines*"))
+
+
+def test_an_out_dir_keeps_the_baselines_of_one_dataset(char_data, bpe_data, tmp_path):
+    ngram_py(f"--dataset={char_data}", "--order=1", f"--out_dir={tmp_path}")
+    result = ngram_py(f"--dataset={bpe_data}", "--order=1", f"--out_dir={tmp_path}", check=False)
+    assert result.returncode == 1 and result.stderr == (f"error: {tmp_path} holds the n-gram baselines of {char_data}: "
+                                                        f"give {bpe_data} an --out_dir of its own\n")
+    assert ngram.read_baselines(tmp_path)[0] == str(char_data)
+    (tmp_path / "file").write_text("")
+    result = ngram_py(f"--dataset={char_data}", f"--out_dir={tmp_path / 'file'}", check=False)
+    assert result.stderr == f"error: out_dir={tmp_path / 'file'} is a file, not a directory: choose another --out_dir\n"
+    (tmp_path / "baselines.json").write_text("[]")
+    result = ngram_py(f"--dataset={char_data}", f"--out_dir={tmp_path}", check=False)
+    assert result.stderr == (f"error: {tmp_path / 'baselines.json'}: not the n-gram baselines that ngram.py writes "
+                             "(TypeError: list indices must be integers or slices, not str)\n")
 
 
 def test_bits_of_gpt2_tokens_are_per_byte_of_text(tmp_path):
@@ -171,7 +181,8 @@ def test_bits_of_gpt2_tokens_are_per_byte_of_text(tmp_path):
     for split in ("train", "val"):
         data.write_shard(tmp_path / data.shard_name("toy", split, 0), gpt2.encode(text))
     data.write_meta(tmp_path, {"tokenizer": "gpt2", "vocab_size": 50257})
-    ngram_py(f"--dataset={tmp_path}", "--order=2", f"--out_file={tmp_path / 'bigram.json'}")
+    ngram_py(f"--dataset={tmp_path}", "--order=2", f"--out_file={tmp_path / 'bigram.json'}",
+             f"--out_dir={tmp_path / 'out'}")
     report = json.loads((tmp_path / "bigram.json").read_text())
     val = gpt2.encode(text)
     scored_bytes = len(text.encode()) - len(gpt2.decode([val[0]]).encode())  # the first token is only context
@@ -186,20 +197,20 @@ def test_script_samples_gpt2_tokens_and_stops_at_endoftext(tmp_path):
     for split in ("train", "val"):
         data.write_shard(tmp_path / data.shard_name("toy", split, 0), doc * 1000)
     data.write_meta(tmp_path, {"tokenizer": "gpt2", "vocab_size": 50257})
-    result = ngram_py(f"--dataset={tmp_path}", "--order=2", "--num_samples=1", "--start=Hello", "--max_new_tokens=20")
+    result = ngram_py(f"--dataset={tmp_path}", "--order=2", "--num_samples=1", "--start=Hello", "--max_new_tokens=20",
+                      f"--out_dir={tmp_path / 'out'}")
     assert result.stdout.endswith("Hello world\n---------------\n")
 
 
 def test_script_on_a_vocabulary_learned_here(bpe_data, tmp_path):
-    data_dir = shutil.copytree(bpe_data, tmp_path / "bpe")
-    result = ngram_py(f"--dataset={data_dir}", "--order=3", "--num_samples=1", "--max_new_tokens=30",
-                      "--start=ROMEO:")
-    train, val = (data.read_shard(next(data_dir.glob(f"*{split}_*.bin"))) for split in ("train", "val"))
+    result = ngram_py(f"--dataset={bpe_data}", "--order=3", "--num_samples=1", "--max_new_tokens=30",
+                      "--start=ROMEO:", f"--out_dir={tmp_path}")
+    train, val = (data.read_shard(next(bpe_data.glob(f"*{split}_*.bin"))) for split in ("train", "val"))
     loss = ngram.KneserNey(train, 3, 512).loss(val)
-    units = tokenizer.get_tokenizer(data.read_meta(data_dir)).units_per_token()
+    units = tokenizer.get_tokenizer(data.read_meta(bpe_data)).units_per_token()
     bits = loss * (len(val) - 1) / units[val[1:]].sum() / math.log(2)  # the text is ASCII: a byte a character
-    assert data.read_baselines(data_dir) == {3: {"val_loss": pytest.approx(loss, rel=1e-12),
-                                                 "val_bits": pytest.approx(bits, rel=1e-12)}}
+    assert ngram.read_baselines(tmp_path) == (str(bpe_data), {3: {"val_loss": pytest.approx(loss, rel=1e-12),
+                                                                  "val_bits": pytest.approx(bits, rel=1e-12)}})
     assert f"{bits:.4f} bits per byte" in result.stdout
     assert "vocab_size 512" in result.stdout and "\nROMEO:" in result.stdout
 

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
+import ngram
 import plot
 from conftest import TORCHRUN, run
 
@@ -52,13 +51,20 @@ def steps(first, last, tokens_per_iter, loss=lambda it: 4 - it / 100, every=1):
     return out
 
 
+def ngram_dir(path, dataset, baselines):
+    """ngram.py's out_dir: {order: (nats, bits)} of dataset's n-grams."""
+    path.mkdir(parents=True)
+    ngram.write_baselines(path, str(dataset), {k: {"val_loss": v[0], "val_bits": v[1]} for k, v in baselines.items()})
+    return path
+
+
 @pytest.fixture
 def two_runs(tmp_path):
-    """A finished run with HellaSwag evals, and a run resumed at iter 20 that redid iters 20..24."""
+    """A finished run with HellaSwag evals, and a run resumed at iter 20 that redid iters 20..24; the
+    n-gram baselines of their dataset are in tmp_path/out-ngram."""
     dataset = tmp_path / "data"
     dataset.mkdir()
-    data.record_baseline(dataset, 3, 2.04, 2.94)
-    data.record_baseline(dataset, 5, 1.56, 2.25)
+    ngram_dir(tmp_path / "out-ngram", dataset, {3: (2.04, 2.94), 5: (1.56, 2.25)})
     a, b = tmp_path / "out-a", tmp_path / "out-b"
     write_log(a, [{"iter": 0, "dataset": str(dataset)}, {"iter": 0, "val_loss": 4.2}, *steps(0, 40, 512),
                   {"iter": 20, "val_loss": 2.5}, {"iter": 20, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26},
@@ -70,7 +76,7 @@ def two_runs(tmp_path):
 
 def test_draws_two_runs_into_a_png_of_the_expected_size(two_runs, tmp_path):
     out = tmp_path / "curves.png"
-    plot_cli(*two_runs, f"--out={out}", "--ref", "GPT-2 124M=3.29", "--x=tokens")
+    plot_cli(*two_runs, f"--out={out}", "--ref", "GPT-2 124M=3.29", "--x=tokens", "--baselines", tmp_path / "out-ngram")
     # five panels (train, val, HellaSwag, lr, tokens/s) in two columns: three rows of 350 px
     assert png_size(out) == (1200, 1050)
     assert not list(tmp_path.glob("*.tmp"))
@@ -79,54 +85,59 @@ def test_draws_two_runs_into_a_png_of_the_expected_size(two_runs, tmp_path):
 def test_bits_draws_the_losses_and_baselines_in_bits(tmp_path, capsys):
     dataset = tmp_path / "data"
     dataset.mkdir()
-    (dataset / "baselines.json").write_text('{"2": 2.48}')  # an older file: nats only, so no line in bits
-    data.record_baseline(dataset, 3, 2.04, 2.94)
+    ngrams = ngram_dir(tmp_path / "out-ngram", dataset, {2: (2.48, 3.58), 3: (2.04, 2.94)})
     run = tmp_path / "out"
     records = [{**r, "train_bits": r["train_loss"] / math.log(2)} for r in steps(0, 20, 64)]
     write_log(run, [{"iter": 0, "dataset": str(dataset), "bits_per": "character"}, *records,
                     {"iter": 19, "val_loss": 2.1, "val_bits": 2.1 / math.log(2)}])
     series, _ = plot.read_log(run)
-    assert plot.reference_lines([plot.read_log(run)], [], bits=True) == [("3-gram KN", 2.94)]
-    assert plot.reference_lines([plot.read_log(run)], []) == [("2-gram KN", 2.48), ("3-gram KN", 2.04)]
-    assert plot_main(capsys, run, f"--out={tmp_path / 'bits.png'}", "--bits") == (0, "")
+    assert plot.reference_lines([plot.read_log(run)], [], bits=True, ngram_dirs=[ngrams]) == [
+        ("2-gram KN", 3.58), ("3-gram KN", 2.94)]
+    assert plot.reference_lines([plot.read_log(run)], [], ngram_dirs=[ngrams]) == [("2-gram KN", 2.48),
+                                                                                   ("3-gram KN", 2.04)]
+    assert plot_main(capsys, run, f"--out={tmp_path / 'bits.png'}", "--bits", "--baselines", ngrams) == (0, "")
     assert png_size(tmp_path / "bits.png") == (1200, 700)  # train and val in bits, lr, tokens/s
 
 
 def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkeypatch):
     """A BPE run beside the character n-grams of the same text: only bits per character compare."""
     monkeypatch.chdir(tmp_path)
-    chars, bpe, old, bad = tmp_path / "data" / "chars", tmp_path / "bpe", tmp_path / "old", tmp_path / "bad"
-    for dataset in chars, bpe, old, bad:
-        dataset.mkdir(parents=True)
-    data.record_baseline(chars, 3, 2.04, 2.94)
-    data.record_baseline(chars, 7, 1.52, 2.19)
-    data.record_baseline(bpe, 6, 3.01, 2.18)
-    (old / "baselines.json").write_text('{"7": 1.52}')  # nats only
+    chars_data, bpe_data = tmp_path / "data" / "chars", tmp_path / "data" / "bpe"
+    chars = ngram_dir(tmp_path / "out-ngram-chars", chars_data, {3: (2.04, 2.94), 7: (1.52, 2.19)})
+    bpe = ngram_dir(tmp_path / "out-ngram-bpe", bpe_data, {6: (3.01, 2.18)})
+    old, bad = tmp_path / "old", tmp_path / "bad"
+    for directory in old, bad:
+        directory.mkdir()
+    (old / "baselines.json").write_text('{"7": 1.52}')  # what ngram.py once wrote beside a dataset
     (bad / "baselines.json").write_text('{"7": ')
     run = tmp_path / "out"
     records = [{**r, "train_bits": r["train_loss"] / math.log(2)} for r in steps(0, 20, 64)]
-    write_log(run, [{"iter": 0, "dataset": str(bpe), "bits_per": "byte"}, *records,
+    write_log(run, [{"iter": 0, "dataset": str(bpe_data), "bits_per": "byte"}, *records,
                     {"iter": 19, "val_loss": 3.0, "val_bits": 2.17}])
     logs = [plot.read_log(run)]
-    assert plot.reference_lines(logs, [], bits=True, others=["chars"]) == [  # a name under data/
+    assert plot.reference_lines(logs, [], bits=True, ngram_dirs=[bpe, chars]) == [
         ("6-gram KN (bpe)", 2.18), ("3-gram KN (chars)", 2.94), ("7-gram KN (chars)", 2.19)]
-    assert plot.reference_lines(logs, [], bits=True, others=[str(bpe)]) == [("6-gram KN", 2.18)]
-    assert plot_main(capsys, run, "--out=bits.png", "--bits", "--baselines", "chars") == (0, "")
+    assert plot.reference_lines(logs, [], bits=True, ngram_dirs=[bpe]) == [("6-gram KN", 2.18)]
+    assert plot.reference_lines(logs, [], ngram_dirs=[bpe]) == [("6-gram KN", 3.01)]  # the run's own tokens
+    assert plot_main(capsys, run, "--out=bits.png", "--bits", "--baselines", "out-ngram-chars") == (0, "")
     assert png_size(tmp_path / "bits.png") == (1200, 700)
     # --ymax: the loss panels end there, and a line above it is not labelled in the margin
-    train, val, lr, _ = plot.draw([run], "capped.png", bits=True, baselines=["chars"], ymax=2.5).axes
+    train, val, lr, _ = plot.draw([run], "capped.png", bits=True, ngram_dirs=[bpe, chars], ymax=2.5).axes
     assert train.get_ylim()[1] == val.get_ylim()[1] == 2.5 and lr.get_ylim()[1] < 0.01
     assert [t.get_text() for t in val.texts] == ["6-gram KN (bpe) 2.180", "7-gram KN (chars) 2.190"]
 
-    for args, error in [(["--baselines", "chars"], "error: --baselines: another dataset's n-gram losses compare "
-                         "with a run's only in bits per character or byte; add --bits\n"),
-                        (["--bits", "--baselines", "nowhere"], "error: --baselines nowhere: no dataset "
-                         "directory there nor under data/\n"),
+    for args, error in [(["--baselines", "out-ngram-chars"], f"error: --baselines out-ngram-chars: the n-grams of "
+                         f"another dataset ({chars_data}) compare with a run's losses only in bits per character or "
+                         "byte; add --bits\n"),
+                        (["--bits", "--baselines", "nowhere"], "error: --baselines nowhere: no n-gram baselines "
+                         "(baselines.json) there; run python ngram.py --dataset=DATASET --order=7 --out_dir=nowhere "
+                         "first\n"),
                         (["--ymax=0"], "error: --ymax=0.0: a loss axis's top must be above 0\n"),
-                        (["--bits", "--baselines", "bad"], f"error: {bad / 'baselines.json'}: not a JSON object of "
-                         "order: val loss and bits (Expecting value: line 1 column 7 (char 6))\n"),
-                        (["--bits", "--baselines", "old"], "error: --baselines old: no n-gram baselines in bits "
-                         "recorded there; run python ngram.py --dataset=old --order=7 first\n")]:
+                        (["--bits", "--baselines", "bad"], f"error: {os.path.join('bad', 'baselines.json')}: not the "
+                         "n-gram baselines that ngram.py writes (JSONDecodeError: Expecting value: line 1 column 7 "
+                         "(char 6))\n"),
+                        (["--bits", "--baselines", "old"], f"error: {os.path.join('old', 'baselines.json')}: not the "
+                         "n-gram baselines that ngram.py writes (KeyError: 'orders')\n")]:
         assert plot_main(capsys, run, "--out=no.png", *args) == (1, error)
     assert not (tmp_path / "no.png").exists()
 
@@ -153,11 +164,15 @@ def test_a_resumed_runs_later_records_win_and_tokens_follow_the_batch_size(two_r
     assert list(plot.tokens_at(series, [0, 7, 10, 12], "c")) == [0, 7 * 256, 2560, 2560 + 2 * 1024]
 
 
-def test_reference_lines_are_the_datasets_baselines_and_the_command_lines(two_runs):
+def test_reference_lines_are_the_named_baselines_and_the_command_lines(two_runs):
     logs = [plot.read_log(run) for run in two_runs]
-    assert plot.reference_lines(logs, [("GPT-2 124M", 3.29)]) == [
+    ngrams = two_runs[0].parent / "out-ngram"
+    assert plot.reference_lines(logs, [("GPT-2 124M", 3.29)], ngram_dirs=[ngrams]) == [
         ("3-gram KN", 2.04), ("5-gram KN", 1.56), ("GPT-2 124M", 3.29)]
-    assert plot.reference_lines(logs, [], bits=True) == [("3-gram KN", 2.94), ("5-gram KN", 2.25)]
+    assert plot.reference_lines(logs, [], bits=True, ngram_dirs=[ngrams]) == [("3-gram KN", 2.94), ("5-gram KN", 2.25)]
+    # without --baselines no n-gram lines: the dataset that the logs name is not searched for any
+    (two_runs[0].parent / "data" / "baselines.json").write_text((ngrams / "baselines.json").read_text())
+    assert plot.reference_lines(logs, [("GPT-2 124M", 3.29)]) == [("GPT-2 124M", 3.29)]
     assert plot.parse_ref("GPT-2 124M=3.29") == ("GPT-2 124M", 3.29)
 
 
@@ -220,14 +235,6 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_emb
         "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--max_iters=8", "--eval_interval=4"]
 
 
-@pytest.fixture(scope="module")
-def char_data(char_data, tmp_path_factory):
-    """conftest's dataset, copied, with a bigram baseline that loss.png draws as a line."""
-    out = Path(shutil.copytree(char_data, tmp_path_factory.mktemp("plot") / "shakespeare_char"))
-    data.record_baseline(out, 2, 2.48, 3.58)
-    return out
-
-
 def wait_for(path, timeout=60):
     deadline = time.time() + timeout
     while not path.exists():
@@ -245,7 +252,6 @@ def test_ddp_training_redraws_its_loss_png(char_data, tmp_path):
     assert dataset == str(char_data) and sorted(series["val_loss"]) == [0, 4, 8]
     # 2 ranks x 1 micro-step x 4 x 16 tokens a step, read back from the step records
     assert list(plot.tokens_at(series, [1, 8], out)) == [128, 8 * 128]
-    assert plot.reference_lines([(series, dataset)], []) == [("2-gram KN", 2.48)]
 
 
 def test_without_a_free_core_only_the_final_drawing_is_made(tmp_path):

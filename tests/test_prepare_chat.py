@@ -11,8 +11,9 @@ import pytest
 
 import data
 import prepare_chat
+from chat_template import render_conversation
 from conftest import CHARS
-from tokenizer import get_tokenizer, render_conversation
+from tokenizer import get_tokenizer
 
 SHARD = 400  # tokens: the conversations below fill several shards
 

@@ -15,6 +15,7 @@ import data
 import prepare_fineweb
 import prepare_shakespeare
 import tokenizer
+from bpe import train_bpe
 
 SHARD = 1_300  # the sample's 22,074 tokens make 17 shards
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -202,7 +203,7 @@ def test_the_vocabulary_never_learns_from_val_documents(sample, tmp_path, monkey
     bpe = tokenizer.get_tokenizer(data.read_meta(tmp_path))
     val_documents = np.count_nonzero(data.read_shard(tmp_path / "fineweb_val_000000.bin") == bpe.eot_token)
     assert 1 < val_documents <= held_out < 100
-    learned = tokenizer.train_bpe(sample[1][held_out:], 400)
+    learned = train_bpe(sample[1][held_out:], 400)
     assert bpe.enc._mergeable_ranks == learned.enc._mergeable_ranks
 
 

@@ -8,6 +8,7 @@ import pytest
 import data
 import prepare_shakespeare
 import tokenizer
+from bpe import train_bpe
 
 
 def _decoded(out_dir):
@@ -54,9 +55,9 @@ def test_bpe_learned_from_the_train_split(tmp_path):
                                                                                             "vocab.tiktoken")
     assert meta["train_tokens"] < 1_003_854 / 2  # fewer tokens than characters, by far
     # the vocabulary is the one learned from the first 90% of the text, not a character of val
-    learned = tokenizer.train_bpe([text[:1_003_854]], 512)
+    learned = train_bpe([text[:1_003_854]], 512)
     assert tokenizer.get_tokenizer(meta).enc._mergeable_ranks == learned.enc._mergeable_ranks
-    assert tokenizer.train_bpe([text], 512).enc._mergeable_ranks != learned.enc._mergeable_ranks
+    assert train_bpe([text], 512).enc._mergeable_ranks != learned.enc._mergeable_ranks
 
 
 def test_a_dataset_made_with_the_tokenizer_of_another(tmp_path, monkeypatch):

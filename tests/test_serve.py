@@ -17,11 +17,12 @@ import torch
 from fastapi.testclient import TestClient
 
 import serve
+from bpe import train_bpe
 from checkpoint import load_model
 from conftest import CHARS, CHAT_META, REPO, UNICODE, chat_reply, run, save_run, tiny_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer, train_bpe
+from tokenizer import get_tokenizer
 
 LONG = 100_000  # max_tokens of requests that only a disconnect or Stop ends
 
