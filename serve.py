@@ -270,7 +270,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        prompts, stop = check_completion(body)  # token lists, stop strings
+        prompts, stop = check_completion_request(body, tokenizer, info, limits)  # token lists, stop strings
         generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, chat=False)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": info["id"]}
@@ -289,7 +289,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        prompt, max_tokens, stop = check_chat(body)
+        prompt, max_tokens, stop = check_chat_request(body, tokenizer, info, limits)
         generation = start([prompt], body, max_tokens, stop, tokenizer.chat_tokens[END], chat=True)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": info["id"]}
@@ -315,80 +315,84 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
 
         return generation.stream(request, body, head, chunks)
 
-    def check_sampling(body, max_tokens):
-        """The stop strings, or an ApiError for what both kinds of request may get wrong."""
-        if body.model not in (None, info["id"]):
-            raise ApiError(404, f"model '{body.model}' is not served here; this server serves '{info['id']}'")
-        unsupported = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
-        for key, off in unsupported.items():
-            if getattr(body, key) != off:
-                raise ApiError(400, f"{key}: not supported by this server; leave it out")
-        if body.logit_bias:
-            raise ApiError(400, "logit_bias: not supported by this server; leave it out")
-        if max_tokens > limits["max_tokens"]:
-            raise ApiError(400, f"max_tokens: {max_tokens} is above this server's limit of "
-                                f"{limits['max_tokens']} (--max_tokens)")
-        stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-        if len(stop) > 4 or not all(stop):
-            raise ApiError(400, "stop: up to 4 strings, none of them empty")
-        return stop
-
-    def check_completion(body):
-        """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
-        stop = check_sampling(body, body.max_tokens)
-        for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
-            if getattr(body, key) != off:
-                raise ApiError(400, f"{key}: not supported by this server; leave it out")
-        if body.best_of not in (None, body.n):
-            raise ApiError(400, "best_of: not supported by this server; leave it out")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
-        check_n(len(prompts), body.n)
-        tokens = []
-        for text in prompts:
-            try:
-                tokens.append(encode_prompt(tokenizer, text))
-            except ValueError as e:  # characters a char-level model never saw
-                raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
-            if len(tokens[-1]) > limits["max_prompt_tokens"]:
-                raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
-                                    f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
-        return tokens, stop
-
-    def check_chat(body):
-        """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
-        if not tokenizer.chat_tokens:
-            raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
-                                "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
-        if None not in (body.max_tokens, body.max_completion_tokens) and body.max_tokens != body.max_completion_tokens:
-            raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
-        max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
-        stop = check_sampling(body, max_tokens)
-        if body.logprobs or body.top_logprobs is not None:
-            raise ApiError(400, "logprobs: not supported by this server; leave it out")
-        if not body.messages:
-            raise ApiError(400, "messages: an empty list; give at least one message")
-        check_n(1, body.n)
-        for i, message in enumerate(body.messages):
-            try:
-                tokenizer.encode(message.content)
-            except ValueError as e:  # characters a char-level model never saw
-                raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
-                                    "trained on") from None
-        prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
-        limit = min(limits["max_prompt_tokens"], model.config.block_size)
-        if len(prompt) > limit:
-            raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
-                                "model's context, and --max_prompt_tokens); send fewer or shorter messages")
-        return prompt, max_tokens, stop
-
-    def check_n(prompts, n):
-        if prompts * n > limits["max_n"]:
-            raise ApiError(400, f"n: {prompts} prompt(s) x n={n} choices is above this server's "
-                                f"limit of {limits['max_n']} (--max_n)")
-
     return app
+
+
+def check_shared_settings(body, max_tokens, info, limits):
+    """The stop strings, or an ApiError for what both kinds of request may get wrong."""
+    if body.model not in (None, info["id"]):
+        raise ApiError(404, f"model '{body.model}' is not served here; this server serves '{info['id']}'")
+    unsupported = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
+    for key, off in unsupported.items():
+        if getattr(body, key) != off:
+            raise ApiError(400, f"{key}: not supported by this server; leave it out")
+    if body.logit_bias:
+        raise ApiError(400, "logit_bias: not supported by this server; leave it out")
+    if max_tokens > limits["max_tokens"]:
+        raise ApiError(400, f"max_tokens: {max_tokens} is above this server's limit of "
+                            f"{limits['max_tokens']} (--max_tokens)")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    if len(stop) > 4 or not all(stop):
+        raise ApiError(400, "stop: up to 4 strings, none of them empty")
+    return stop
+
+
+def check_completion_request(body, tokenizer, info, limits):
+    """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
+    stop = check_shared_settings(body, body.max_tokens, info, limits)
+    for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
+        if getattr(body, key) != off:
+            raise ApiError(400, f"{key}: not supported by this server; leave it out")
+    if body.best_of not in (None, body.n):
+        raise ApiError(400, "best_of: not supported by this server; leave it out")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
+    check_choice_count(len(prompts), body.n, limits)
+    tokens = []
+    for text in prompts:
+        try:
+            tokens.append(encode_prompt(tokenizer, text))
+        except ValueError as e:  # characters a char-level model never saw
+            raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+        if len(tokens[-1]) > limits["max_prompt_tokens"]:
+            raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
+                                f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
+    return tokens, stop
+
+
+def check_chat_request(body, tokenizer, info, limits):
+    """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
+    if not tokenizer.chat_tokens:
+        raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
+                            "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
+    if None not in (body.max_tokens, body.max_completion_tokens) and body.max_tokens != body.max_completion_tokens:
+        raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
+    max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
+    stop = check_shared_settings(body, max_tokens, info, limits)
+    if body.logprobs or body.top_logprobs is not None:
+        raise ApiError(400, "logprobs: not supported by this server; leave it out")
+    if not body.messages:
+        raise ApiError(400, "messages: an empty list; give at least one message")
+    check_choice_count(1, body.n, limits)
+    for i, message in enumerate(body.messages):
+        try:
+            tokenizer.encode(message.content)
+        except ValueError as e:  # characters a char-level model never saw
+            raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
+                                "trained on") from None
+    prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
+    limit = min(limits["max_prompt_tokens"], info["block_size"])
+    if len(prompt) > limit:
+        raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
+                            "model's context, and --max_prompt_tokens); send fewer or shorter messages")
+    return prompt, max_tokens, stop
+
+
+def check_choice_count(prompts, n, limits):
+    if prompts * n > limits["max_n"]:
+        raise ApiError(400, f"n: {prompts} prompt(s) x n={n} choices is above this server's "
+                            f"limit of {limits['max_n']} (--max_n)")
 
 
 async def engine_events(events, request):
