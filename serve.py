@@ -127,6 +127,27 @@ def validation_message(errors):
     return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
 
 
+
+async def api_error(request, e):
+    return error_response(e.status, e.message, e.kind)
+
+
+async def invalid_body(request, e):
+    return error_response(400, validation_message(e.errors()))
+
+
+async def http_error(request, e):
+    return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+
+
+async def crashed(request, e):  # logged by uvicorn; the client gets no stack trace
+    return error_response(500, "the server failed on this request; its log says why", "server_error")
+
+
+# every error, ours, pydantic's and Starlette's alike, goes to the client as OpenAI's JSON error
+ERROR_HANDLERS = {ApiError: api_error, RequestValidationError: invalid_body, HTTPException: http_error,
+                  Exception: crashed}
+
 class Choice:
     """One choice's text as it streams: whole characters only, and nothing past a stop string. A chat
     reply leaves special tokens out of its text, as transformers' pipeline does."""
@@ -232,23 +253,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
         yield
         engine.close()
 
-    app = FastAPI(title="gpt", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, e):
-        return error_response(e.status, e.message, e.kind)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, e):
-        return error_response(400, validation_message(e.errors()))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, e):
-        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
-
-    @app.exception_handler(Exception)
-    async def crashed(request, e):  # logged by uvicorn; the client gets no stack trace
-        return error_response(500, "the server failed on this request; its log says why", "server_error")
+    app = FastAPI(title="gpt", lifespan=lifespan, docs_url=None, redoc_url=None, exception_handlers=ERROR_HANDLERS)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
