@@ -34,23 +34,22 @@ from device import autocast_for, resolve_device
 from engine import Engine, Job
 from tokenizer import END, ROLES, encode_prompt, render_prompt
 
-# -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
-out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
-checkpoint = "ckpt.pt"  # or best.pt
-host = "127.0.0.1"  # loopback: reachable from this machine only; 0.0.0.0 opens it to the network
-port = 8000  # 0 picks a free port
-device = "auto"
-dtype = "auto"
-# limits, so that one client cannot take the server down
-max_prompt_tokens = 2048
-max_tokens = 1024  # the most tokens a choice may ask for
-max_n = 4  # choices in one request (prompts x n)
-max_batch = 8  # rows generated together in one forward pass; more wait their turn
-max_concurrent = 32  # requests in flight, waiting ones included; more are refused with 429
-# -----------------------------------------------------------------------------
-SETTINGS = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+# the --key=value flags; only these, so that no other name of the module becomes one
+DEFAULTS = dict(
+    init_from="resume",  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
+    out_dir="",  # the training run; empty: the newest run here (the last checkpoint written)
+    checkpoint="ckpt.pt",  # or best.pt
+    host="127.0.0.1",  # loopback: reachable from this machine only; 0.0.0.0 opens it to the network
+    port=8000,  # 0 picks a free port
+    device="auto",  # auto: a GPU (cuda, else mps) if there is one, else cpu; or name one: cpu, cuda:1, ...
+    dtype="auto",  # auto: bfloat16 on a GPU that has it, float16 on older ones, float32 elsewhere
+    # limits, so that one client cannot take the server down
+    max_prompt_tokens=2048,  # tokens of one prompt (a chat's: and at most the model's context)
+    max_tokens=1024,  # the most tokens a choice may ask for
+    max_n=4,  # choices in one request (prompts x n)
+    max_batch=8,  # rows generated together in one forward pass; more wait their turn
+    max_concurrent=32,  # requests in flight, waiting ones included; more are refused with 429
+)
 PAGE = Path(__file__).resolve().parent / "assets" / "serve.html"
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
 
@@ -241,7 +240,7 @@ def model_info(model, tokenizer, trained, name, device, dtype):
             "best_val_loss": trained["best_val_loss"], "device": device, "dtype": dtype}
 
 
-def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
+def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
     """The FastAPI app for a model in eval mode on its device; info as model_info gives it."""
     engine = None
 
@@ -416,7 +415,7 @@ async def engine_events(events, request):
 
 
 def main(argv):
-    config, _ = configure(SETTINGS, argv, usage=__doc__)
+    config, _ = configure(DEFAULTS, argv, usage=__doc__)
 
     def fail(message):
         raise SystemExit(f"error: {message}")

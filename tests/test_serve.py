@@ -38,7 +38,7 @@ def app_for(init_from, out_dir="", **limits):
     model.eval()
     info = serve.model_info(model, tokenizer, trained, Path(out_dir if init_from == "resume" else init_from).name,
                             "cpu", "float32")
-    return serve.create_app(model, tokenizer, info, {**serve.SETTINGS, "max_tokens": LONG, **limits}), model
+    return serve.create_app(model, tokenizer, info, {**serve.DEFAULTS, "max_tokens": LONG, **limits}), model
 
 
 def serve_py(out_dir, tmp_path_factory, says=""):
@@ -285,6 +285,14 @@ def test_command_line_errors_are_one_line(char_run, server):
         result = run("serve.py", f"--out_dir={char_run}", "--device=cpu", *args, check=False, timeout=120)
         assert result.returncode != 0 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
+
+def test_help_lists_the_settings_and_nothing_else(capsys):
+    with pytest.raises(SystemExit) as exit:
+        serve.main(["--help"])
+    assert exit.value.code == 0
+    flags = re.findall(r"^  --(\w+) *= ", capsys.readouterr().out, re.MULTILINE)
+    assert flags == ["init_from", "out_dir", "checkpoint", "host", "port", "device", "dtype", "max_prompt_tokens",
+                     "max_tokens", "max_n", "max_batch", "max_concurrent"]
 
 def wait_idle(client, seconds=3.0):
     """How long until the server reports no active request (fails after `seconds`)."""
