@@ -1,5 +1,5 @@
-"""serve.py through HTTP clients, in-process and against a real uvicorn server on a free port,
-and its page in headless Chromium."""
+"""serve.py: its API's behaviour in-process through FastAPI's TestClient, a few requests to a real
+uvicorn server on a free port (a plain HTTP client and OpenAI's own), and its page in headless Chromium."""
 
 import json
 import re
@@ -67,14 +67,12 @@ def server(char_run, tmp_path_factory):
                         says="out-tiny (0.02M parameters, char (65) tokenizer, cpu float32)")
 
 
-@pytest.fixture(scope="module", params=["in_process", "uvicorn"])
-def api(request, char_run):
-    if request.param == "in_process":
-        with TestClient(app_for("resume", char_run)[0]) as client:
-            yield client
-    else:
-        with httpx.Client(base_url=request.getfixturevalue("server"), timeout=60) as client:
-            yield client
+@pytest.fixture(scope="module")
+def api(char_run):
+    """The char model's app in-process: every API behaviour is checked here, the real server's
+    tests below check that uvicorn serves the same."""
+    with TestClient(app_for("resume", char_run)[0]) as client:
+        yield client
 
 
 @lru_cache(maxsize=None)
@@ -277,13 +275,20 @@ def test_a_failing_model_is_a_500_json_and_the_server_goes_on(char_run, capsys):
     assert "simulated failure" in capsys.readouterr().err  # the server's log says why
 
 
-def test_command_line_errors_are_one_line(char_run, server):
-    port = server.rsplit(":", 1)[1]
+def test_command_line_errors_are_one_line(char_run):
     for args, message in [([f"--out_dir={char_run / 'nothing'}"], "no checkpoint at"),
-                          (["--max_n=9"], "max_n=9 is above max_batch=8"),
-                          ([f"--port={port}"], f"cannot listen on 127.0.0.1:{port}")]:
-        result = run("serve.py", f"--out_dir={char_run}", "--device=cpu", *args, check=False, timeout=120)
-        assert result.returncode != 0 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+                          (["--max_n=9"], "max_n=9 is above max_batch=8")]:
+        with pytest.raises(SystemExit) as exit:
+            serve.main([f"--out_dir={char_run}", "--device=cpu", *args])
+        assert exit.value.code.startswith("error: ") and message in exit.value.code and "\n" not in exit.value.code
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_a_one_line_error(char_run, server):
+    port = server.rsplit(":", 1)[1]
+    result = run("serve.py", f"--out_dir={char_run}", "--device=cpu", f"--port={port}", check=False, timeout=120)
+    assert result.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
 def test_help_lists_the_settings_and_nothing_else(capsys):
@@ -332,6 +337,24 @@ def test_the_official_openai_client(server, char_run):
         client.completions.create(model="out-tiny", prompt="ROMEO:", temperature=-1)
 
 
+def test_the_real_server_answers_each_endpoint(server):
+    """uvicorn serves what the app does in-process: the page, each endpoint, a stream, errors as JSON."""
+    with httpx.Client(base_url=server, timeout=60) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/v1/models").json()["data"][0]["id"] == "out-tiny"
+        got = complete(client, prompt="ROMEO:", max_tokens=20, temperature=0)["choices"][0]["text"]
+        assert "".join(c["choices"][0]["text"] for c in stream(client, prompt="ROMEO:", max_tokens=20,
+                                                                 temperature=0)) == got
+        r = client.post("/v1/completions", content=b'{"prompt": ', headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body is not valid JSON")
+        r = client.post("/v1/chat/completions", json={"messages": HELLO})
+        assert r.status_code == 400 and "out-tiny is not a chat model" in r.json()["error"]["message"]
+        r = client.get("/v1/completions")
+        assert r.status_code == 405 and "GET /v1/completions" in r.json()["error"]["message"]
+
+
 def chromium():
     """Debian's headless Chromium and its driver, driven by Selenium without its download manager."""
     missing = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not shutil.which(p)]
@@ -348,6 +371,8 @@ def chromium():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_the_page_in_a_browser(server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -421,6 +446,7 @@ def chat(client, **body):
     return r.json()
 
 
+@pytest.mark.slow
 def test_the_openai_client_chats_streamed_and_not(chat_server, chat_run):
     import openai
 
@@ -543,6 +569,8 @@ def endless_chat_server(tmp_path_factory):
     yield from serve_py(save_run(tmp_path_factory.mktemp("serve") / "out-endless", model, CHAT_META), tmp_path_factory)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_the_chat_page_in_a_browser(endless_chat_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
