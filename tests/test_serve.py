@@ -1,5 +1,6 @@
-"""serve.py: its API's behaviour in-process through FastAPI's TestClient, a few requests to a real
-uvicorn server on a free port (a plain HTTP client and OpenAI's own), and its page in headless Chromium."""
+"""serve.py: its API's behaviour in-process through FastAPI's TestClient, its request checks called
+directly, a few requests to a real uvicorn server on a free port (a plain HTTP client and OpenAI's
+own), and its page in headless Chromium."""
 
 import json
 import re
@@ -21,7 +22,7 @@ from checkpoint import load_model
 from conftest import CHARS, CHAT_META, REPO, UNICODE, chat_reply, run, save_run, tiny_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer, train_bpe
+from tokenizer import encode_prompt, get_tokenizer, render_prompt, train_bpe
 
 LONG = 100_000  # max_tokens of requests that only a disconnect or Stop ends
 
@@ -33,12 +34,19 @@ def char_run(tmp_path_factory):
                     {"tokenizer": "char", "chars": CHARS}, best_val_loss=4.125)
 
 
-def app_for(init_from, out_dir="", **limits):
+LIMITS = {**serve.DEFAULTS, "max_tokens": LONG}  # serve.py's limits in these tests
+
+
+def load_served(init_from, out_dir=""):
+    """The model in eval mode, its tokenizer, and the info that serve.py gives about it."""
     model, tokenizer, trained = load_model(init_from, str(out_dir))
-    model.eval()
-    info = serve.model_info(model, tokenizer, trained, Path(out_dir if init_from == "resume" else init_from).name,
-                            "cpu", "float32")
-    return serve.create_app(model, tokenizer, info, {**serve.DEFAULTS, "max_tokens": LONG, **limits}), model
+    name = Path(out_dir if init_from == "resume" else init_from).name
+    return model.eval(), tokenizer, serve.model_info(model, tokenizer, trained, name, "cpu", "float32")
+
+
+def app_for(init_from, out_dir="", **limits):
+    model, tokenizer, info = load_served(init_from, out_dir)
+    return serve.create_app(model, tokenizer, info, {**LIMITS, **limits}), model
 
 
 def serve_py(out_dir, tmp_path_factory, says=""):
@@ -229,6 +237,50 @@ def test_bad_input_is_a_clear_4xx(api, body, status, message):
     assert r.status_code == status and message in r.json()["error"]["message"], r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert complete(api, prompt="ROMEO:", max_tokens=2)["choices"][0]["finish_reason"] == "length"
+
+
+def refusal(check, body, *args):
+    """What check(body, *args) refuses body with: (status, message) of its ApiError."""
+    with pytest.raises(serve.ApiError) as e:
+        check(body, *args)
+    assert e.value.kind == "invalid_request_error"
+    return e.value.status, e.value.message
+
+
+NOT_SUPPORTED = "not supported by this server; leave it out"
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"model": "gpt-4"}, 404, "model 'gpt-4' is not served here; this server serves 'out-tiny'"),
+    ({"presence_penalty": 0.5}, 400, f"presence_penalty: {NOT_SUPPORTED}"),
+    ({"frequency_penalty": -1.0}, 400, f"frequency_penalty: {NOT_SUPPORTED}"),
+    ({"logit_bias": {"50": 1}}, 400, f"logit_bias: {NOT_SUPPORTED}"),
+    ({"max_tokens": LONG + 1}, 400, f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop: up to 4 strings, none of them empty"),
+    ({"stop": ""}, 400, "stop: up to 4 strings, none of them empty"),
+    ({"echo": True}, 400, f"echo: {NOT_SUPPORTED}"),
+    ({"logprobs": 0}, 400, f"logprobs: {NOT_SUPPORTED}"),
+    ({"suffix": "!"}, 400, f"suffix: {NOT_SUPPORTED}"),
+    ({"best_of": 2}, 400, f"best_of: {NOT_SUPPORTED}"),
+    ({"prompt": []}, 400, "prompt: an empty list; give a string or a list of strings"),
+    ({"prompt": ["O", "Ay"], "n": 3}, 400, "n: 2 prompt(s) x n=3 choices is above this server's limit of 4 (--max_n)"),
+    ({"prompt": ["O", "\u00e9t\u00e9"]}, 400,
+     "prompt: characters not in the vocabulary: '\u00e9'; this model knows only the characters it was trained on"),
+    ({"prompt": "a" * 2049}, 400, "prompt: 2049 tokens is above this server's limit of 2048 (--max_prompt_tokens)"),
+])
+def test_check_completion_request_refuses(char_run, body, status, message):
+    _, tokenizer, info = load_served("resume", char_run)
+    got = refusal(serve.check_completion_request, serve.CompletionRequest(**body), tokenizer, info, LIMITS)
+    assert got == (status, message)
+
+
+def test_check_completion_request_gives_tokens_and_stop_strings(char_run):
+    _, tokenizer, info = load_served("resume", char_run)
+    body = serve.CompletionRequest(model="out-tiny", prompt=["ROMEO:", ""], n=2, best_of=2, stop="\n")
+    tokens, stop = serve.check_completion_request(body, tokenizer, info, LIMITS)
+    assert tokens == [encode_prompt(tokenizer, "ROMEO:"), encode_prompt(tokenizer, "")] and stop == ["\n"]
+    body = serve.CompletionRequest(prompt="O", stop=["a", "b", "c", "d"], max_tokens=LONG)
+    assert serve.check_completion_request(body, tokenizer, info, LIMITS)[1] == ["a", "b", "c", "d"]
 
 
 def test_unknown_paths_and_methods(api):
