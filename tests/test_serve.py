@@ -44,6 +44,11 @@ def load_served(init_from, out_dir=""):
     return model.eval(), tokenizer, serve.model_info(model, tokenizer, trained, name, "cpu", "float32")
 
 
+@pytest.fixture(scope="module")
+def char_served(char_run):
+    return load_served("resume", char_run)
+
+
 def app_for(init_from, out_dir="", **limits):
     model, tokenizer, info = load_served(init_from, out_dir)
     return serve.create_app(model, tokenizer, info, {**LIMITS, **limits}), model
@@ -268,14 +273,14 @@ NOT_SUPPORTED = "not supported by this server; leave it out"
      "prompt: characters not in the vocabulary: '\u00e9'; this model knows only the characters it was trained on"),
     ({"prompt": "a" * 2049}, 400, "prompt: 2049 tokens is above this server's limit of 2048 (--max_prompt_tokens)"),
 ])
-def test_check_completion_request_refuses(char_run, body, status, message):
-    _, tokenizer, info = load_served("resume", char_run)
+def test_check_completion_request_refuses(char_served, body, status, message):
+    _, tokenizer, info = char_served
     got = refusal(serve.check_completion_request, serve.CompletionRequest(**body), tokenizer, info, LIMITS)
     assert got == (status, message)
 
 
-def test_check_completion_request_gives_tokens_and_stop_strings(char_run):
-    _, tokenizer, info = load_served("resume", char_run)
+def test_check_completion_request_gives_tokens_and_stop_strings(char_served):
+    _, tokenizer, info = char_served
     body = serve.CompletionRequest(model="out-tiny", prompt=["ROMEO:", ""], n=2, best_of=2, stop="\n")
     tokens, stop = serve.check_completion_request(body, tokenizer, info, LIMITS)
     assert tokens == [encode_prompt(tokenizer, "ROMEO:"), encode_prompt(tokenizer, "")] and stop == ["\n"]
@@ -483,6 +488,17 @@ def chat_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def chat_served(chat_run):
+    return load_served("resume", chat_run)
+
+
+@pytest.fixture(scope="module")
+def chat_api(chat_run):
+    with TestClient(app_for("resume", chat_run)[0]) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def chat_server(chat_run, tmp_path_factory):
     yield from serve_py(chat_run, tmp_path_factory)
 
@@ -528,26 +544,24 @@ def test_the_openai_client_chats_streamed_and_not(chat_server, chat_run):
         client.chat.completions.create(model="out-chat", messages=[HELLO[0], {"role": "tool", "content": "x"}])
 
 
-def test_concurrent_chats_and_completions_never_mix(chat_run):
-    app, _ = app_for("resume", chat_run)
+def test_concurrent_chats_and_completions_never_mix(chat_api, chat_run):
     said = ["Hail!", "Who goes there?", "Peace, ho!", "O Romeo,", "Fie!", "Ay."]
     chats = [dict(messages=[{"role": "user", "content": text}], max_tokens=15 + 2 * i,
                   temperature=0.0 if i % 2 else 1.0, seed=i) for i, text in enumerate(said)]
     completions = [dict(prompt=p, max_tokens=20, temperature=0.0) for p in ("ROMEO:", "KING:")]
-    with TestClient(app) as client:
-        solo = [chat(client, **c)["choices"][0]["message"]["content"] for c in chats]
-        solo_completions = [complete(client, **c)["choices"][0]["text"] for c in completions]
+    solo = [chat(chat_api, **c)["choices"][0]["message"]["content"] for c in chats]
+    solo_completions = [complete(chat_api, **c)["choices"][0]["text"] for c in completions]
 
-        def one(i):  # chats, half of them streamed, beside completions in the same batch
-            if i >= len(chats):
-                return complete(client, **completions[i - len(chats)])["choices"][0]["text"]
-            if i % 2:
-                return chat(client, **chats[i])["choices"][0]["message"]["content"]
-            return "".join(c["choices"][0]["delta"].get("content", "") for c in stream_chat(client, **chats[i])
-                           if c["choices"])
+    def one(i):  # chats, half of them streamed, beside completions in the same batch
+        if i >= len(chats):
+            return complete(chat_api, **completions[i - len(chats)])["choices"][0]["text"]
+        if i % 2:
+            return chat(chat_api, **chats[i])["choices"][0]["message"]["content"]
+        return "".join(c["choices"][0]["delta"].get("content", "") for c in stream_chat(chat_api, **chats[i])
+                       if c["choices"])
 
-        with ThreadPoolExecutor(8) as pool:
-            together = list(pool.map(one, range(len(chats) + len(completions))))
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(len(chats) + len(completions))))
     assert together == solo + solo_completions
     assert solo == [chat_reply(chat_run, c["messages"], c["max_tokens"], c["temperature"], seed=c["seed"])
                     for c in chats]
@@ -594,13 +608,53 @@ def test_a_reply_ends_at_end_of_turn(tmp_path):
     ({"messages": HELLO, "logprobs": True}, "logprobs: not supported"),
     ({"messages": HELLO, "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
 ])
-def test_bad_chat_requests_are_a_clear_400(chat_run, body, message):
-    app, _ = app_for("resume", chat_run)
-    with TestClient(app) as client:
-        r = client.post("/v1/chat/completions", json=body)
-        assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
-        assert r.json()["error"]["type"] == "invalid_request_error"
-        assert chat(client, messages=HELLO, max_tokens=2, temperature=0)["choices"][0]["finish_reason"] == "length"
+def test_bad_chat_requests_are_a_clear_400(chat_api, body, message):
+    r = chat_api.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert chat(chat_api, messages=HELLO, max_tokens=2, temperature=0)["choices"][0]["finish_reason"] == "length"
+
+
+CHARACTERS_UNSEEN = "this model knows only the characters it was trained on"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6},
+     "max_tokens and max_completion_tokens differ: give one of them"),
+    ({"messages": HELLO, "max_completion_tokens": LONG + 1},
+     f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
+    ({"messages": HELLO, "presence_penalty": 1.0}, f"presence_penalty: {NOT_SUPPORTED}"),
+    ({"messages": HELLO, "stop": ["", "x"]}, "stop: up to 4 strings, none of them empty"),
+    ({"messages": HELLO, "logprobs": True}, f"logprobs: {NOT_SUPPORTED}"),
+    ({"messages": HELLO, "top_logprobs": 2}, f"logprobs: {NOT_SUPPORTED}"),
+    ({"messages": []}, "messages: an empty list; give at least one message"),
+    ({"messages": HELLO, "n": 5}, "n: 1 prompt(s) x n=5 choices is above this server's limit of 4 (--max_n)"),
+    ({"messages": [HELLO[0], {"role": "user", "content": "Un caf\u00e9 ?"}]},
+     f"messages.1.content: characters not in the vocabulary: '\u00e9'; {CHARACTERS_UNSEEN}"),
+    ({"messages": [{"role": "user", "content": "O" * 62}]}, "messages: 65 tokens, more than the 64 this server "
+     "takes (the model's context, and --max_prompt_tokens); send fewer or shorter messages"),
+])
+def test_check_chat_request_refuses(chat_served, body, message):
+    _, tokenizer, info = chat_served
+    assert refusal(serve.check_chat_request, serve.ChatRequest(**body), tokenizer, info, LIMITS) == (400, message)
+
+
+def test_check_chat_request_gives_the_prompt_max_tokens_and_stop_strings(chat_served, char_served):
+    _, tokenizer, info = chat_served
+    check = serve.check_chat_request
+    # the most tokens a reply may take: either name of it, else the server's limit
+    assert check(serve.ChatRequest(messages=HELLO, stop="x"), tokenizer, info, LIMITS) == (
+        render_prompt(tokenizer, HELLO), LONG, ["x"])
+    assert check(serve.ChatRequest(messages=HELLO, max_tokens=5), tokenizer, info, LIMITS)[1] == 5
+    assert check(serve.ChatRequest(messages=HELLO, max_completion_tokens=6, max_tokens=6), tokenizer, info,
+                 LIMITS)[1] == 6
+    # the prompt's limit is the smaller of --max_prompt_tokens and the model's context
+    assert refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, {**LIMITS, "max_prompt_tokens": 40}) == (
+        400, "messages: 42 tokens, more than the 40 this server takes (the model's context, and --max_prompt_tokens); "
+        "send fewer or shorter messages")
+    _, tokenizer, info = char_served
+    status, message = refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, LIMITS)
+    assert status == 400 and message.startswith("out-tiny is not a chat model (its tokenizer has no chat tokens)")
 
 
 def test_a_base_model_refuses_chat_and_keeps_completing(api):
