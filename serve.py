@@ -35,23 +35,22 @@ from device import autocast_for, resolve_device
 from engine import Engine, Job
 from tokenizer import encode_prompt
 
-# -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
-out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
-checkpoint = "ckpt.pt"  # or best.pt
-host = "127.0.0.1"  # loopback: reachable from this machine only; 0.0.0.0 opens it to the network
-port = 8000  # 0 picks a free port
-device = "auto"
-dtype = "auto"
-# limits, so that one client cannot take the server down
-max_prompt_tokens = 2048
-max_tokens = 1024  # the most tokens a choice may ask for
-max_n = 4  # choices in one request (prompts x n)
-max_batch = 8  # rows generated together in one forward pass; more wait their turn
-max_concurrent = 32  # requests in flight, waiting ones included; more are refused with 429
-# -----------------------------------------------------------------------------
-SETTINGS = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+# the --key=value flags; only these, so that no other name of the module becomes one
+DEFAULTS = dict(
+    init_from="resume",  # 'resume' (a checkpoint in out_dir), 'gpt2'...'gpt2-xl', or a local HF directory
+    out_dir="",  # the training run; empty: the newest run here (the last checkpoint written)
+    checkpoint="ckpt.pt",  # or best.pt
+    host="127.0.0.1",  # loopback: reachable from this machine only; 0.0.0.0 opens it to the network
+    port=8000,  # 0 picks a free port
+    device="auto",  # auto: a GPU (cuda, else mps) if there is one, else cpu; or name one: cpu, cuda:1, ...
+    dtype="auto",  # auto: bfloat16 on a GPU that has it, float16 on older ones, float32 elsewhere
+    # limits, so that one client cannot take the server down
+    max_prompt_tokens=2048,  # tokens of one prompt (a chat's: and at most the model's context)
+    max_tokens=1024,  # the most tokens a choice may ask for
+    max_n=4,  # choices in one request (prompts x n)
+    max_batch=8,  # rows generated together in one forward pass; more wait their turn
+    max_concurrent=32,  # requests in flight, waiting ones included; more are refused with 429
+)
 PAGE = Path(__file__).resolve().parent / "assets" / "serve.html"
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
 
@@ -127,6 +126,27 @@ def validation_message(errors):
         return f"{loc[0]}: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
     return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
 
+
+
+async def api_error(request, e):
+    return error_response(e.status, e.message, e.kind)
+
+
+async def invalid_body(request, e):
+    return error_response(400, validation_message(e.errors()))
+
+
+async def http_error(request, e):
+    return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+
+
+async def crashed(request, e):  # logged by uvicorn; the client gets no stack trace
+    return error_response(500, "the server failed on this request; its log says why", "server_error")
+
+
+# every error, ours, pydantic's and Starlette's alike, goes to the client as OpenAI's JSON error
+ERROR_HANDLERS = {ApiError: api_error, RequestValidationError: invalid_body, HTTPException: http_error,
+                  Exception: crashed}
 
 class Choice:
     """One choice's text as it streams: whole characters only, and nothing past a stop string. A chat
@@ -221,7 +241,7 @@ def model_info(model, tokenizer, trained, name, device, dtype):
             "best_val_loss": trained["best_val_loss"], "device": device, "dtype": dtype}
 
 
-def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
+def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
     """The FastAPI app for a model in eval mode on its device; info as model_info gives it."""
     engine = None
 
@@ -233,23 +253,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
         yield
         engine.close()
 
-    app = FastAPI(title="gpt", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, e):
-        return error_response(e.status, e.message, e.kind)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, e):
-        return error_response(400, validation_message(e.errors()))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, e):
-        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
-
-    @app.exception_handler(Exception)
-    async def crashed(request, e):  # logged by uvicorn; the client gets no stack trace
-        return error_response(500, "the server failed on this request; its log says why", "server_error")
+    app = FastAPI(title="gpt", lifespan=lifespan, docs_url=None, redoc_url=None, exception_handlers=ERROR_HANDLERS)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -271,7 +275,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        prompts, stop = check_completion(body)  # token lists, stop strings
+        prompts, stop = check_completion_request(body, tokenizer, info, limits)  # token lists, stop strings
         generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, chat=False)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": info["id"]}
@@ -290,7 +294,7 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        prompt, max_tokens, stop = check_chat(body)
+        prompt, max_tokens, stop = check_chat_request(body, tokenizer, info, limits)
         generation = start([prompt], body, max_tokens, stop, tokenizer.chat_tokens[END], chat=True)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": info["id"]}
@@ -316,80 +320,84 @@ def create_app(model, tokenizer, info, limits=SETTINGS, autocast=None):
 
         return generation.stream(request, body, head, chunks)
 
-    def check_sampling(body, max_tokens):
-        """The stop strings, or an ApiError for what both kinds of request may get wrong."""
-        if body.model not in (None, info["id"]):
-            raise ApiError(404, f"model '{body.model}' is not served here; this server serves '{info['id']}'")
-        unsupported = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
-        for key, off in unsupported.items():
-            if getattr(body, key) != off:
-                raise ApiError(400, f"{key}: not supported by this server; leave it out")
-        if body.logit_bias:
-            raise ApiError(400, "logit_bias: not supported by this server; leave it out")
-        if max_tokens > limits["max_tokens"]:
-            raise ApiError(400, f"max_tokens: {max_tokens} is above this server's limit of "
-                                f"{limits['max_tokens']} (--max_tokens)")
-        stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-        if len(stop) > 4 or not all(stop):
-            raise ApiError(400, "stop: up to 4 strings, none of them empty")
-        return stop
-
-    def check_completion(body):
-        """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
-        stop = check_sampling(body, body.max_tokens)
-        for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
-            if getattr(body, key) != off:
-                raise ApiError(400, f"{key}: not supported by this server; leave it out")
-        if body.best_of not in (None, body.n):
-            raise ApiError(400, "best_of: not supported by this server; leave it out")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
-        check_n(len(prompts), body.n)
-        tokens = []
-        for text in prompts:
-            try:
-                tokens.append(encode_prompt(tokenizer, text))
-            except ValueError as e:  # characters a char-level model never saw
-                raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
-            if len(tokens[-1]) > limits["max_prompt_tokens"]:
-                raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
-                                    f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
-        return tokens, stop
-
-    def check_chat(body):
-        """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
-        if not tokenizer.chat_tokens:
-            raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
-                                "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
-        if None not in (body.max_tokens, body.max_completion_tokens) and body.max_tokens != body.max_completion_tokens:
-            raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
-        max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
-        stop = check_sampling(body, max_tokens)
-        if body.logprobs or body.top_logprobs is not None:
-            raise ApiError(400, "logprobs: not supported by this server; leave it out")
-        if not body.messages:
-            raise ApiError(400, "messages: an empty list; give at least one message")
-        check_n(1, body.n)
-        for i, message in enumerate(body.messages):
-            try:
-                tokenizer.encode(message.content)
-            except ValueError as e:  # characters a char-level model never saw
-                raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
-                                    "trained on") from None
-        prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
-        limit = min(limits["max_prompt_tokens"], model.config.block_size)
-        if len(prompt) > limit:
-            raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
-                                "model's context, and --max_prompt_tokens); send fewer or shorter messages")
-        return prompt, max_tokens, stop
-
-    def check_n(prompts, n):
-        if prompts * n > limits["max_n"]:
-            raise ApiError(400, f"n: {prompts} prompt(s) x n={n} choices is above this server's "
-                                f"limit of {limits['max_n']} (--max_n)")
-
     return app
+
+
+def check_shared_settings(body, max_tokens, info, limits):
+    """The stop strings, or an ApiError for what both kinds of request may get wrong."""
+    if body.model not in (None, info["id"]):
+        raise ApiError(404, f"model '{body.model}' is not served here; this server serves '{info['id']}'")
+    unsupported = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
+    for key, off in unsupported.items():
+        if getattr(body, key) != off:
+            raise ApiError(400, f"{key}: not supported by this server; leave it out")
+    if body.logit_bias:
+        raise ApiError(400, "logit_bias: not supported by this server; leave it out")
+    if max_tokens > limits["max_tokens"]:
+        raise ApiError(400, f"max_tokens: {max_tokens} is above this server's limit of "
+                            f"{limits['max_tokens']} (--max_tokens)")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    if len(stop) > 4 or not all(stop):
+        raise ApiError(400, "stop: up to 4 strings, none of them empty")
+    return stop
+
+
+def check_completion_request(body, tokenizer, info, limits):
+    """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
+    stop = check_shared_settings(body, body.max_tokens, info, limits)
+    for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
+        if getattr(body, key) != off:
+            raise ApiError(400, f"{key}: not supported by this server; leave it out")
+    if body.best_of not in (None, body.n):
+        raise ApiError(400, "best_of: not supported by this server; leave it out")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
+    check_choice_count(len(prompts), body.n, limits)
+    tokens = []
+    for text in prompts:
+        try:
+            tokens.append(encode_prompt(tokenizer, text))
+        except ValueError as e:  # characters a char-level model never saw
+            raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+        if len(tokens[-1]) > limits["max_prompt_tokens"]:
+            raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
+                                f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
+    return tokens, stop
+
+
+def check_chat_request(body, tokenizer, info, limits):
+    """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
+    if not tokenizer.chat_tokens:
+        raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
+                            "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
+    if None not in (body.max_tokens, body.max_completion_tokens) and body.max_tokens != body.max_completion_tokens:
+        raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
+    max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
+    stop = check_shared_settings(body, max_tokens, info, limits)
+    if body.logprobs or body.top_logprobs is not None:
+        raise ApiError(400, "logprobs: not supported by this server; leave it out")
+    if not body.messages:
+        raise ApiError(400, "messages: an empty list; give at least one message")
+    check_choice_count(1, body.n, limits)
+    for i, message in enumerate(body.messages):
+        try:
+            tokenizer.encode(message.content)
+        except ValueError as e:  # characters a char-level model never saw
+            raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
+                                "trained on") from None
+    prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
+    limit = min(limits["max_prompt_tokens"], info["block_size"])
+    if len(prompt) > limit:
+        raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
+                            "model's context, and --max_prompt_tokens); send fewer or shorter messages")
+    return prompt, max_tokens, stop
+
+
+def check_choice_count(prompts, n, limits):
+    if prompts * n > limits["max_n"]:
+        raise ApiError(400, f"n: {prompts} prompt(s) x n={n} choices is above this server's "
+                            f"limit of {limits['max_n']} (--max_n)")
 
 
 async def engine_events(events, request):
@@ -408,7 +416,7 @@ async def engine_events(events, request):
 
 
 def main(argv):
-    config, _ = configure(SETTINGS, argv, usage=__doc__)
+    config, _ = configure(DEFAULTS, argv, usage=__doc__)
 
     def fail(message):
         raise SystemExit(f"error: {message}")

@@ -1,5 +1,6 @@
-"""serve.py through HTTP clients, in-process and against a real uvicorn server on a free port,
-and its page in headless Chromium."""
+"""serve.py: its API's behaviour in-process through FastAPI's TestClient, its request checks called
+directly, a few requests to a real uvicorn server on a free port (a plain HTTP client and OpenAI's
+own), and its page in headless Chromium."""
 
 import json
 import re
@@ -18,11 +19,12 @@ from fastapi.testclient import TestClient
 
 import serve
 from bpe import train_bpe
+from chat_template import render_prompt
 from checkpoint import load_model
 from conftest import CHARS, CHAT_META, REPO, UNICODE, chat_reply, run, save_run, tiny_model
 from hf import save_pretrained
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer
+from tokenizer import encode_prompt, get_tokenizer
 
 LONG = 100_000  # max_tokens of requests that only a disconnect or Stop ends
 
@@ -34,12 +36,24 @@ def char_run(tmp_path_factory):
                     {"tokenizer": "char", "chars": CHARS}, best_val_loss=4.125)
 
 
-def app_for(init_from, out_dir="", **limits):
+LIMITS = {**serve.DEFAULTS, "max_tokens": LONG}  # serve.py's limits in these tests
+
+
+def load_served(init_from, out_dir=""):
+    """The model in eval mode, its tokenizer, and the info that serve.py gives about it."""
     model, tokenizer, trained = load_model(init_from, str(out_dir))
-    model.eval()
-    info = serve.model_info(model, tokenizer, trained, Path(out_dir if init_from == "resume" else init_from).name,
-                            "cpu", "float32")
-    return serve.create_app(model, tokenizer, info, {**serve.SETTINGS, "max_tokens": LONG, **limits}), model
+    name = Path(out_dir if init_from == "resume" else init_from).name
+    return model.eval(), tokenizer, serve.model_info(model, tokenizer, trained, name, "cpu", "float32")
+
+
+@pytest.fixture(scope="module")
+def char_served(char_run):
+    return load_served("resume", char_run)
+
+
+def app_for(init_from, out_dir="", **limits):
+    model, tokenizer, info = load_served(init_from, out_dir)
+    return serve.create_app(model, tokenizer, info, {**LIMITS, **limits}), model
 
 
 def serve_py(out_dir, tmp_path_factory, says=""):
@@ -68,14 +82,12 @@ def server(char_run, tmp_path_factory):
                         says="out-tiny (0.02M parameters, char (65) tokenizer, cpu float32)")
 
 
-@pytest.fixture(scope="module", params=["in_process", "uvicorn"])
-def api(request, char_run):
-    if request.param == "in_process":
-        with TestClient(app_for("resume", char_run)[0]) as client:
-            yield client
-    else:
-        with httpx.Client(base_url=request.getfixturevalue("server"), timeout=60) as client:
-            yield client
+@pytest.fixture(scope="module")
+def api(char_run):
+    """The char model's app in-process: every API behaviour is checked here, the real server's
+    tests below check that uvicorn serves the same."""
+    with TestClient(app_for("resume", char_run)[0]) as client:
+        yield client
 
 
 @lru_cache(maxsize=None)
@@ -234,6 +246,50 @@ def test_bad_input_is_a_clear_4xx(api, body, status, message):
     assert complete(api, prompt="ROMEO:", max_tokens=2)["choices"][0]["finish_reason"] == "length"
 
 
+def refusal(check, body, *args):
+    """What check(body, *args) refuses body with: (status, message) of its ApiError."""
+    with pytest.raises(serve.ApiError) as e:
+        check(body, *args)
+    assert e.value.kind == "invalid_request_error"
+    return e.value.status, e.value.message
+
+
+NOT_SUPPORTED = "not supported by this server; leave it out"
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"model": "gpt-4"}, 404, "model 'gpt-4' is not served here; this server serves 'out-tiny'"),
+    ({"presence_penalty": 0.5}, 400, f"presence_penalty: {NOT_SUPPORTED}"),
+    ({"frequency_penalty": -1.0}, 400, f"frequency_penalty: {NOT_SUPPORTED}"),
+    ({"logit_bias": {"50": 1}}, 400, f"logit_bias: {NOT_SUPPORTED}"),
+    ({"max_tokens": LONG + 1}, 400, f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop: up to 4 strings, none of them empty"),
+    ({"stop": ""}, 400, "stop: up to 4 strings, none of them empty"),
+    ({"echo": True}, 400, f"echo: {NOT_SUPPORTED}"),
+    ({"logprobs": 0}, 400, f"logprobs: {NOT_SUPPORTED}"),
+    ({"suffix": "!"}, 400, f"suffix: {NOT_SUPPORTED}"),
+    ({"best_of": 2}, 400, f"best_of: {NOT_SUPPORTED}"),
+    ({"prompt": []}, 400, "prompt: an empty list; give a string or a list of strings"),
+    ({"prompt": ["O", "Ay"], "n": 3}, 400, "n: 2 prompt(s) x n=3 choices is above this server's limit of 4 (--max_n)"),
+    ({"prompt": ["O", "\u00e9t\u00e9"]}, 400,
+     "prompt: characters not in the vocabulary: '\u00e9'; this model knows only the characters it was trained on"),
+    ({"prompt": "a" * 2049}, 400, "prompt: 2049 tokens is above this server's limit of 2048 (--max_prompt_tokens)"),
+])
+def test_check_completion_request_refuses(char_served, body, status, message):
+    _, tokenizer, info = char_served
+    got = refusal(serve.check_completion_request, serve.CompletionRequest(**body), tokenizer, info, LIMITS)
+    assert got == (status, message)
+
+
+def test_check_completion_request_gives_tokens_and_stop_strings(char_served):
+    _, tokenizer, info = char_served
+    body = serve.CompletionRequest(model="out-tiny", prompt=["ROMEO:", ""], n=2, best_of=2, stop="\n")
+    tokens, stop = serve.check_completion_request(body, tokenizer, info, LIMITS)
+    assert tokens == [encode_prompt(tokenizer, "ROMEO:"), encode_prompt(tokenizer, "")] and stop == ["\n"]
+    body = serve.CompletionRequest(prompt="O", stop=["a", "b", "c", "d"], max_tokens=LONG)
+    assert serve.check_completion_request(body, tokenizer, info, LIMITS)[1] == ["a", "b", "c", "d"]
+
+
 def test_unknown_paths_and_methods(api):
     assert api.get("/v2/nothing").status_code == 404
     r = api.get("/v1/completions")
@@ -278,14 +334,29 @@ def test_a_failing_model_is_a_500_json_and_the_server_goes_on(char_run, capsys):
     assert "simulated failure" in capsys.readouterr().err  # the server's log says why
 
 
-def test_command_line_errors_are_one_line(char_run, server):
-    port = server.rsplit(":", 1)[1]
+def test_command_line_errors_are_one_line(char_run):
     for args, message in [([f"--out_dir={char_run / 'nothing'}"], "no checkpoint at"),
-                          (["--max_n=9"], "max_n=9 is above max_batch=8"),
-                          ([f"--port={port}"], f"cannot listen on 127.0.0.1:{port}")]:
-        result = run("serve.py", f"--out_dir={char_run}", "--device=cpu", *args, check=False, timeout=120)
-        assert result.returncode != 0 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+                          (["--max_n=9"], "max_n=9 is above max_batch=8")]:
+        with pytest.raises(SystemExit) as exit:
+            serve.main([f"--out_dir={char_run}", "--device=cpu", *args])
+        assert exit.value.code.startswith("error: ") and message in exit.value.code and "\n" not in exit.value.code
 
+
+@pytest.mark.slow
+def test_a_port_in_use_is_a_one_line_error(char_run, server):
+    port = server.rsplit(":", 1)[1]
+    result = run("serve.py", f"--out_dir={char_run}", "--device=cpu", f"--port={port}", check=False, timeout=120)
+    assert result.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_help_lists_the_settings_and_nothing_else(capsys):
+    with pytest.raises(SystemExit) as exit:
+        serve.main(["--help"])
+    assert exit.value.code == 0
+    flags = re.findall(r"^  --(\w+) *= ", capsys.readouterr().out, re.MULTILINE)
+    assert flags == ["init_from", "out_dir", "checkpoint", "host", "port", "device", "dtype", "max_prompt_tokens",
+                     "max_tokens", "max_n", "max_batch", "max_concurrent"]
 
 def wait_idle(client, seconds=3.0):
     """How long until the server reports no active request (fails after `seconds`)."""
@@ -325,6 +396,24 @@ def test_the_official_openai_client(server, char_run):
         client.completions.create(model="out-tiny", prompt="ROMEO:", temperature=-1)
 
 
+def test_the_real_server_answers_each_endpoint(server):
+    """uvicorn serves what the app does in-process: the page, each endpoint, a stream, errors as JSON."""
+    with httpx.Client(base_url=server, timeout=60) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/v1/models").json()["data"][0]["id"] == "out-tiny"
+        got = complete(client, prompt="ROMEO:", max_tokens=20, temperature=0)["choices"][0]["text"]
+        assert "".join(c["choices"][0]["text"] for c in stream(client, prompt="ROMEO:", max_tokens=20,
+                                                                 temperature=0)) == got
+        r = client.post("/v1/completions", content=b'{"prompt": ', headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body is not valid JSON")
+        r = client.post("/v1/chat/completions", json={"messages": HELLO})
+        assert r.status_code == 400 and "out-tiny is not a chat model" in r.json()["error"]["message"]
+        r = client.get("/v1/completions")
+        assert r.status_code == 405 and "GET /v1/completions" in r.json()["error"]["message"]
+
+
 def chromium():
     """Debian's headless Chromium and its driver, driven by Selenium without its download manager."""
     missing = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not shutil.which(p)]
@@ -341,6 +430,8 @@ def chromium():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_the_page_in_a_browser(server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -399,6 +490,17 @@ def chat_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def chat_served(chat_run):
+    return load_served("resume", chat_run)
+
+
+@pytest.fixture(scope="module")
+def chat_api(chat_run):
+    with TestClient(app_for("resume", chat_run)[0]) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def chat_server(chat_run, tmp_path_factory):
     yield from serve_py(chat_run, tmp_path_factory)
 
@@ -414,6 +516,7 @@ def chat(client, **body):
     return r.json()
 
 
+@pytest.mark.slow
 def test_the_openai_client_chats_streamed_and_not(chat_server, chat_run):
     import openai
 
@@ -443,26 +546,24 @@ def test_the_openai_client_chats_streamed_and_not(chat_server, chat_run):
         client.chat.completions.create(model="out-chat", messages=[HELLO[0], {"role": "tool", "content": "x"}])
 
 
-def test_concurrent_chats_and_completions_never_mix(chat_run):
-    app, _ = app_for("resume", chat_run)
+def test_concurrent_chats_and_completions_never_mix(chat_api, chat_run):
     said = ["Hail!", "Who goes there?", "Peace, ho!", "O Romeo,", "Fie!", "Ay."]
     chats = [dict(messages=[{"role": "user", "content": text}], max_tokens=15 + 2 * i,
                   temperature=0.0 if i % 2 else 1.0, seed=i) for i, text in enumerate(said)]
     completions = [dict(prompt=p, max_tokens=20, temperature=0.0) for p in ("ROMEO:", "KING:")]
-    with TestClient(app) as client:
-        solo = [chat(client, **c)["choices"][0]["message"]["content"] for c in chats]
-        solo_completions = [complete(client, **c)["choices"][0]["text"] for c in completions]
+    solo = [chat(chat_api, **c)["choices"][0]["message"]["content"] for c in chats]
+    solo_completions = [complete(chat_api, **c)["choices"][0]["text"] for c in completions]
 
-        def one(i):  # chats, half of them streamed, beside completions in the same batch
-            if i >= len(chats):
-                return complete(client, **completions[i - len(chats)])["choices"][0]["text"]
-            if i % 2:
-                return chat(client, **chats[i])["choices"][0]["message"]["content"]
-            return "".join(c["choices"][0]["delta"].get("content", "") for c in stream_chat(client, **chats[i])
-                           if c["choices"])
+    def one(i):  # chats, half of them streamed, beside completions in the same batch
+        if i >= len(chats):
+            return complete(chat_api, **completions[i - len(chats)])["choices"][0]["text"]
+        if i % 2:
+            return chat(chat_api, **chats[i])["choices"][0]["message"]["content"]
+        return "".join(c["choices"][0]["delta"].get("content", "") for c in stream_chat(chat_api, **chats[i])
+                       if c["choices"])
 
-        with ThreadPoolExecutor(8) as pool:
-            together = list(pool.map(one, range(len(chats) + len(completions))))
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(len(chats) + len(completions))))
     assert together == solo + solo_completions
     assert solo == [chat_reply(chat_run, c["messages"], c["max_tokens"], c["temperature"], seed=c["seed"])
                     for c in chats]
@@ -509,13 +610,53 @@ def test_a_reply_ends_at_end_of_turn(tmp_path):
     ({"messages": HELLO, "logprobs": True}, "logprobs: not supported"),
     ({"messages": HELLO, "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
 ])
-def test_bad_chat_requests_are_a_clear_400(chat_run, body, message):
-    app, _ = app_for("resume", chat_run)
-    with TestClient(app) as client:
-        r = client.post("/v1/chat/completions", json=body)
-        assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
-        assert r.json()["error"]["type"] == "invalid_request_error"
-        assert chat(client, messages=HELLO, max_tokens=2, temperature=0)["choices"][0]["finish_reason"] == "length"
+def test_bad_chat_requests_are_a_clear_400(chat_api, body, message):
+    r = chat_api.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert chat(chat_api, messages=HELLO, max_tokens=2, temperature=0)["choices"][0]["finish_reason"] == "length"
+
+
+CHARACTERS_UNSEEN = "this model knows only the characters it was trained on"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6},
+     "max_tokens and max_completion_tokens differ: give one of them"),
+    ({"messages": HELLO, "max_completion_tokens": LONG + 1},
+     f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
+    ({"messages": HELLO, "presence_penalty": 1.0}, f"presence_penalty: {NOT_SUPPORTED}"),
+    ({"messages": HELLO, "stop": ["", "x"]}, "stop: up to 4 strings, none of them empty"),
+    ({"messages": HELLO, "logprobs": True}, f"logprobs: {NOT_SUPPORTED}"),
+    ({"messages": HELLO, "top_logprobs": 2}, f"logprobs: {NOT_SUPPORTED}"),
+    ({"messages": []}, "messages: an empty list; give at least one message"),
+    ({"messages": HELLO, "n": 5}, "n: 1 prompt(s) x n=5 choices is above this server's limit of 4 (--max_n)"),
+    ({"messages": [HELLO[0], {"role": "user", "content": "Un caf\u00e9 ?"}]},
+     f"messages.1.content: characters not in the vocabulary: '\u00e9'; {CHARACTERS_UNSEEN}"),
+    ({"messages": [{"role": "user", "content": "O" * 62}]}, "messages: 65 tokens, more than the 64 this server "
+     "takes (the model's context, and --max_prompt_tokens); send fewer or shorter messages"),
+])
+def test_check_chat_request_refuses(chat_served, body, message):
+    _, tokenizer, info = chat_served
+    assert refusal(serve.check_chat_request, serve.ChatRequest(**body), tokenizer, info, LIMITS) == (400, message)
+
+
+def test_check_chat_request_gives_the_prompt_max_tokens_and_stop_strings(chat_served, char_served):
+    _, tokenizer, info = chat_served
+    check = serve.check_chat_request
+    # the most tokens a reply may take: either name of it, else the server's limit
+    assert check(serve.ChatRequest(messages=HELLO, stop="x"), tokenizer, info, LIMITS) == (
+        render_prompt(tokenizer, HELLO), LONG, ["x"])
+    assert check(serve.ChatRequest(messages=HELLO, max_tokens=5), tokenizer, info, LIMITS)[1] == 5
+    assert check(serve.ChatRequest(messages=HELLO, max_completion_tokens=6, max_tokens=6), tokenizer, info,
+                 LIMITS)[1] == 6
+    # the prompt's limit is the smaller of --max_prompt_tokens and the model's context
+    assert refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, {**LIMITS, "max_prompt_tokens": 40}) == (
+        400, "messages: 42 tokens, more than the 40 this server takes (the model's context, and --max_prompt_tokens); "
+        "send fewer or shorter messages")
+    _, tokenizer, info = char_served
+    status, message = refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, LIMITS)
+    assert status == 400 and message.startswith("out-tiny is not a chat model (its tokenizer has no chat tokens)")
 
 
 def test_a_base_model_refuses_chat_and_keeps_completing(api):
@@ -536,6 +677,8 @@ def endless_chat_server(tmp_path_factory):
     yield from serve_py(save_run(tmp_path_factory.mktemp("serve") / "out-endless", model, CHAT_META), tmp_path_factory)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_the_chat_page_in_a_browser(endless_chat_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
