@@ -39,6 +39,13 @@ VARIED_TEXTS = [
 CHAT_META = {"tokenizer": "char", "chars": CHARS, "chat": True, "vocab_size": len(CHARS) + 4}  # a char chat model's
 
 
+def pytest_collection_modifyitems(items):
+    """A torchrun or browser test is slow too: `pytest -m "not slow"` leaves all three out."""
+    for item in items:
+        if item.get_closest_marker("ddp") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
 def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwargs):
     """`python SCRIPT ARGS` as a user types it: script is a file of the repo ("train.py") or a
     module ("-m bench.train"); launcher takes python's place (TORCHRUN); kwargs go to
@@ -101,8 +108,8 @@ def save_run(out_dir, model, meta, iter_num=7, best_val_loss=2.0):
 
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory):
-    """Tiny Shakespeare as prepare_shakespeare.py makes it. Shared by every test: a test that
-    writes into a dataset (n-gram baselines) copies it first."""
+    """Tiny Shakespeare as prepare_shakespeare.py makes it, shared by every test: none writes into
+    a dataset."""
     out = tmp_path_factory.mktemp("shakespeare_char")
     prepare_shakespeare.main(["--out_dir", str(out)])
     return out
@@ -111,7 +118,7 @@ def char_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bpe_data(tmp_path_factory):
     """Tiny Shakespeare with a 512-token BPE vocabulary learned from its train split, as
-    prepare_shakespeare.py --tokenizer bpe makes it. Shared: copy it before writing into it."""
+    prepare_shakespeare.py --tokenizer bpe makes it, shared by every test."""
     out = tmp_path_factory.mktemp("shakespeare_bpe")
     prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "512", "--out_dir", str(out)])
     return out

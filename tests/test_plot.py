@@ -242,6 +242,7 @@ def wait_for(path, timeout=60):
         time.sleep(0.1)
 
 
+@pytest.mark.ddp
 def test_ddp_training_redraws_its_loss_png(char_data, tmp_path):
     out = tmp_path / "out"
     result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={out}", launcher=TORCHRUN, timeout=300)

@@ -153,6 +153,7 @@ def test_sigterm_saves_and_resumes_exactly(char_data, tmp_path):
     assert read_log(stopped) == read_log(uninterrupted)
 
 
+@pytest.mark.ddp
 def test_ddp_matches_one_process(char_data, tmp_path):
     # the same global batch (4 micro-batches of 4), over 2 gloo ranks or in one process
     assert_ddp_matches_one_process([*TINY, f"--dataset={char_data}", "--gradient_accumulation_steps=4"], tmp_path)
@@ -181,6 +182,7 @@ def user_dir(tmp_path, char_data):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_nanogpt_cpu_command_line(char_data, tmp_path):
     # nanoGPT's README command for a CPU, unchanged but for a shorter run; then its sampling command
     cwd = user_dir(tmp_path, char_data)
@@ -211,15 +213,17 @@ def test_the_bare_command_trains_the_char_model_on_the_shipped_text(char_data, t
     assert "out-shakespeare-char: the newest run here" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_minimal_gpt_quick_start_runs_at_accumulation_1(char_data, tmp_path):
     cwd = user_dir(tmp_path, char_data)
-    # that repository's README line as it is, with --max_iters 3 appended; then its sampling line
+    # that repository's README line as it is, with a shorter run appended (a step of this model takes
+    # seconds on a CPU, an eval of the whole val split ten); then its sampling line
     result = train("--batch_size", "64", "--block_size", "256", "--n_embd", "384", "--n_head", "6", "--n_layer", "6",
-                   "--max_iters", "5000", "--eval_interval", "500", "--max_iters", "3", cwd=cwd)
-    assert "16,384 tokens per iteration = 1 x 1 micro-steps x 64 x 256 | 3 iterations" in result.stdout
-    assert "iter 0/3: loss" in result.stdout and "left" in result.stdout
+                   "--max_iters", "5000", "--eval_interval", "500", "--max_iters", "2", "--eval_iters", "1", cwd=cwd)
+    assert "16,384 tokens per iteration = 1 x 1 micro-steps x 64 x 256 | 2 iterations" in result.stdout
+    assert "iter 0/2: loss" in result.stdout and "left" in result.stdout
     ckpt = load(tmp_path / "out-shakespeare-char")
-    assert ckpt["iter_num"] == 3 and ckpt["config"]["gradient_accumulation_steps"] == 1
+    assert ckpt["iter_num"] == 2 and ckpt["config"]["gradient_accumulation_steps"] == 1
     result = run("sample.py", "--prompt", "ROMEO:", "--temperature", "0.8", "--top_k", "40", "--max_new_tokens", "500",
                  "--num_samples", "1", "--max_new_tokens", "20", cwd=cwd)
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.split("\n---")[0]) == len("ROMEO:") + 20
@@ -374,6 +378,7 @@ def test_input_errors_are_one_line_and_write_nothing(char_data, tmp_path):
     assert not (tmp_path / "out" / "ckpt.pt").exists()
 
 
+@pytest.mark.ddp
 def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
     result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=5",
                    launcher=TORCHRUN, check=False)
@@ -499,6 +504,7 @@ def test_openai_gpt2_grows_rows_for_the_chat_tokens(hf_dir, gpt2_chat_data, tmp_
     torch.testing.assert_close(wte[50257:], wte[:50257].mean(0).expand(47, -1))
 
 
+@pytest.mark.ddp
 def test_ddp_on_a_chat_dataset_matches_one_process(chat_data, tmp_path):
     assert_ddp_matches_one_process([*TINY, f"--dataset={chat_data}", "--gradient_accumulation_steps=4"], tmp_path)
 
@@ -539,6 +545,7 @@ def test_resume_is_exact_with_hellaswag(gpt2_data, hellaswag_args, tmp_path):
     assert [r["iter"] for r in full if "hellaswag_acc" in r] == [0, 2, 4, 6]
 
 
+@pytest.mark.ddp
 def test_hellaswag_under_ddp_matches_one_process(gpt2_data, hellaswag_args, tmp_path):
     # the examples are split over the 2 gloo ranks and their counts summed
     common = [*TINY, *hellaswag_args, f"--dataset={gpt2_data}", "--dropout=0.0", "--max_iters=2"]
@@ -592,6 +599,7 @@ def test_resume_is_exact_with_muon(char_data, muon_reference, tmp_path):
     assert read_log(tmp_path) == read_log(muon_reference)
 
 
+@pytest.mark.ddp
 def test_ddp_matches_one_process_with_muon(char_data, tmp_path, monkeypatch):
     # Muon's bfloat16 Newton-Schulz iteration amplifies last-bit differences of the gradients in the
     # directions of small singular values, so the two runs must compute the same bits: one thread
