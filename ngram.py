@@ -43,6 +43,7 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -52,17 +53,16 @@ from data import dataset_dir, find_shards, read_meta, read_shard
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
-dataset = "shakespeare_char"  # a directory under data/, or a path to one
-order = 3  # 1 unigram, 2 bigram, 3 trigram, ...
-out_dir = ""  # baselines.json, each order's val loss; empty: out-ngram-<dataset>, e.g. out-ngram-shakespeare-char
-out_file = ""  # also write {"order": N, "val_loss": X} to this JSON file
-num_samples = 0  # print this many samples from the model
-max_new_tokens = 500
-start = "\n"  # the samples' prompt
-seed = 1337
-# -----------------------------------------------------------------------------
-defaults = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+DEFAULTS = dict(
+    dataset="shakespeare_char",  # a directory under data/, or a path to one
+    order=3,  # 1 unigram, 2 bigram, 3 trigram, ...
+    out_dir="",  # baselines.json, each order's val loss; empty: out-ngram-<dataset>, e.g. out-ngram-shakespeare-char
+    out_file="",  # also write {"order": N, "val_loss": X} to this JSON file
+    num_samples=0,  # print this many samples from the model
+    max_new_tokens=500,
+    start="\n",  # the samples' prompt
+    seed=1337,
+)
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's, where a count of counts is too small to estimate them
 CHUNK = 1 << 22  # large arrays are searched a chunk at a time, which bounds the temporary memory
@@ -249,9 +249,9 @@ def read_split(data_dir, split):
     return shards[0] if len(shards) == 1 else np.concatenate(shards)  # one shard stays a memory map
 
 
-def sample(model, tokenizer, prompt, rng):
+def sample(model, tokenizer, start, max_new_tokens, rng):
     """Prints one sample as it is generated, like sample.py; returns its text."""
-    context = list(prompt)
+    context = tokenizer.encode(start)
     sys.stdout.write(start)
     decode, text = tokenizer.stream_decoder(), [start]
     for _ in range(max_new_tokens):
@@ -273,15 +273,15 @@ def fail(message):
 
 
 def main(argv):
-    config, _ = configure(defaults, argv, usage=__doc__)
+    config, _ = configure(DEFAULTS, argv, usage=__doc__)
     if not config["out_dir"]:
         config["out_dir"] = "out-ngram-" + os.path.basename(os.path.normpath(config["dataset"])).replace("_", "-")
-    globals().update(config)
-    if order < 1:
-        fail(f"order={order}: it must be at least 1 (1 unigram, 2 bigram, ...)")
-    if num_samples < 0 or max_new_tokens < 0:
+    c = SimpleNamespace(**config)
+    if c.order < 1:
+        fail(f"order={c.order}: it must be at least 1 (1 unigram, 2 bigram, ...)")
+    if c.num_samples < 0 or c.max_new_tokens < 0:
         fail("num_samples and max_new_tokens cannot be negative")
-    data_dir = dataset_dir(dataset)
+    data_dir = dataset_dir(c.dataset)
     try:
         meta = read_meta(data_dir)
         train, val = read_split(data_dir, "train"), read_split(data_dir, "val")
@@ -289,7 +289,8 @@ def main(argv):
     except (OSError, ValueError) as e:
         fail(e)
     try:
-        prompt = tokenizer.encode(start) if num_samples else []  # an empty one samples from order 1 first
+        if c.num_samples:  # checked before the fit; an empty prompt samples from order 1 first
+            tokenizer.encode(c.start)
     except ValueError as e:  # characters a char-level dataset does not have
         fail(f"the prompt has {e}")
     vocab_size = meta["vocab_size"] if meta else 50257  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
@@ -299,41 +300,41 @@ def main(argv):
         if tokens.max() >= vocab_size:
             fail(f"the {split} split of {data_dir} has token id {tokens.max()}, but its vocab_size is {vocab_size}")
     # out_dir is checked before the fit, which can take minutes
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        fail(f"out_dir={out_dir} is a file, not a directory: choose another --out_dir")
+    if os.path.exists(c.out_dir) and not os.path.isdir(c.out_dir):
+        fail(f"out_dir={c.out_dir} is a file, not a directory: choose another --out_dir")
     try:
-        recorded = read_baselines(out_dir)
+        recorded = read_baselines(c.out_dir)
     except (OSError, ValueError) as e:
         fail(e)
     if recorded and recorded[0] != os.path.abspath(data_dir):
-        fail(f"{out_dir} holds the n-gram baselines of {recorded[0]}: give {data_dir} an --out_dir of its own")
+        fail(f"{c.out_dir} holds the n-gram baselines of {recorded[0]}: give {data_dir} an --out_dir of its own")
 
     t0 = time.perf_counter()
     print(f"{data_dir}: {len(train):,} train and {len(val):,} val tokens, vocab_size {vocab_size}", flush=True)
-    model = KneserNey(train, order, vocab_size, progress=lambda m: print(m, flush=True))
+    model = KneserNey(train, c.order, vocab_size, progress=lambda m: print(m, flush=True))
     t1 = time.perf_counter()
     val_loss = model.loss(val)
     # every val token after the first is scored: its characters or bytes are what the bits are per
     val_bits = val_loss * (len(val) - 1) / tokenizer.units_per_token()[val[1:]].sum() / math.log(2)
-    print(f"order {order}: val loss {val_loss:.4f} nats/token (perplexity {math.exp(val_loss):.2f}), "
+    print(f"order {c.order}: val loss {val_loss:.4f} nats/token (perplexity {math.exp(val_loss):.2f}), "
           f"{val_bits:.4f} bits per {tokenizer.unit}; fit in {t1 - t0:.1f} s, scored in {time.perf_counter() - t1:.1f} s",
           flush=True)
-    baselines = {**(recorded[1] if recorded else {}), order: {"val_loss": val_loss, "val_bits": val_bits}}
+    baselines = {**(recorded[1] if recorded else {}), c.order: {"val_loss": val_loss, "val_bits": val_bits}}
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        write_baselines(out_dir, os.path.abspath(data_dir), baselines)
+        os.makedirs(c.out_dir, exist_ok=True)
+        write_baselines(c.out_dir, os.path.abspath(data_dir), baselines)
     except OSError as e:
-        fail(f"cannot write {os.path.join(out_dir, BASELINES_FILE)}: {e.strerror}")
-    if out_file:
+        fail(f"cannot write {os.path.join(c.out_dir, BASELINES_FILE)}: {e.strerror}")
+    if c.out_file:
         try:
-            write_json(out_file, {"order": order, "val_loss": val_loss, "val_bits": val_bits,
-                                  "bits_per": tokenizer.unit})
+            write_json(c.out_file, {"order": c.order, "val_loss": val_loss, "val_bits": val_bits,
+                                    "bits_per": tokenizer.unit})
         except OSError as e:
-            fail(f"cannot write {out_file}: {e.strerror}")
+            fail(f"cannot write {c.out_file}: {e.strerror}")
 
-    rng = np.random.default_rng(seed)
-    for _ in range(num_samples):
-        sample(model, tokenizer, prompt, rng)
+    rng = np.random.default_rng(c.seed)
+    for _ in range(c.num_samples):
+        sample(model, tokenizer, c.start, c.max_new_tokens, rng)
 
 
 if __name__ == "__main__":
