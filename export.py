@@ -25,15 +25,11 @@ from configurator import configure
 from hf import save_bpe_tokenizer, save_gpt2_tokenizer, save_pretrained
 from tokenizer import get_tokenizer
 
-# -----------------------------------------------------------------------------
-out_dir = ""  # the training run; empty: the newest run here (the last checkpoint written)
-checkpoint = "ckpt.pt"  # or best.pt
-to = ""  # the directory to write; an earlier export there is replaced
-# -----------------------------------------------------------------------------
-defaults = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
-config, _ = configure(defaults, sys.argv[1:], usage=__doc__)
-globals().update(config)
+DEFAULTS = dict(
+    out_dir="",  # the training run; empty: the newest run here (the last checkpoint written)
+    checkpoint="ckpt.pt",  # or best.pt
+    to="",  # the directory to write; an earlier export there is replaced
+)
 
 
 def fail(message):
@@ -71,7 +67,8 @@ Or chat with it where it was trained: `python chat.py --out_dir=RUN`.
 """
 
 
-def export(ckpt, directory):
+def export(ckpt, directory, name):
+    """Write ckpt's model and tokenizer files to directory; name is what the char README calls it."""
     model = model_from_checkpoint(ckpt)
     tokenizer = get_tokenizer(ckpt["meta"])
     # generation ends at a chat model's <|end|>, else at <|endoftext|> (none for a char model)
@@ -86,37 +83,49 @@ def export(ckpt, directory):
         write_json(os.path.join(directory, "char_vocab.json"), tokenizer.texts)
         with open(os.path.join(directory, "README.md"), "w") as f:
             readme = CHAR_README + (CHAT_README if tokenizer.chat_tokens else "")
-            f.write(readme.replace("DIR", os.path.basename(os.path.normpath(to))))
+            f.write(readme.replace("DIR", name))
     return tokenizer
 
 
-if not to:
-    fail("say where to write the export: --to=DIR")
-if os.path.exists(to) and not os.path.isfile(os.path.join(to, "config.json")):
-    fail(f"{to} exists and is not an earlier export (no config.json): choose another --to, or remove it")
-try:
-    out_dir = find_run(out_dir, checkpoint)
-    ckpt = load_checkpoint(os.path.join(out_dir, checkpoint))
-except (OSError, ValueError) as e:
-    fail(e)
+def export_in_place(ckpt, to):
+    """Build the whole export beside its destination, then swap it in: an earlier export is replaced
+    only by a complete one. Returns the tokenizer exported."""
+    tmp, old = os.path.normpath(to) + ".tmp", os.path.normpath(to) + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed export left
+    try:
+        tokenizer = export(ckpt, tmp, os.path.basename(os.path.normpath(to)))
+        if os.path.exists(to):
+            os.replace(to, old)
+        os.replace(tmp, to)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return tokenizer
 
-# Build the whole export beside its destination, then swap it in: an earlier export is replaced
-# only by a complete one.
-tmp, old = os.path.normpath(to) + ".tmp", os.path.normpath(to) + ".old"
-shutil.rmtree(tmp, ignore_errors=True)  # what a killed export left
-try:
-    tokenizer = export(ckpt, tmp)
-    if os.path.exists(to):
-        os.replace(to, old)
-    os.replace(tmp, to)
-except (OSError, ValueError) as e:
-    fail(f"cannot export {out_dir}/{checkpoint}: {e}")
-finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
 
-print(f"exported {out_dir}/{checkpoint} (iter {ckpt['iter_num']}) to {to}/ with its {tokenizer.kind} tokenizer"
-      + (" and its chat tokens" if tokenizer.chat_tokens else ""))
-if tokenizer.kind == "char":
-    print(f"note: a character-level model: transformers has no tokenizer for it; {to}/README.md says how to "
-          f"encode with {to}/char_vocab.json")
+def main(argv):
+    c, _ = configure(DEFAULTS, argv, usage=__doc__)
+    to, checkpoint = c["to"], c["checkpoint"]
+    if not to:
+        fail("say where to write the export: --to=DIR")
+    if os.path.exists(to) and not os.path.isfile(os.path.join(to, "config.json")):
+        fail(f"{to} exists and is not an earlier export (no config.json): choose another --to, or remove it")
+    try:
+        out_dir = find_run(c["out_dir"], checkpoint)
+        ckpt = load_checkpoint(os.path.join(out_dir, checkpoint))
+    except (OSError, ValueError) as e:
+        fail(e)
+    try:
+        tokenizer = export_in_place(ckpt, to)
+    except (OSError, ValueError) as e:
+        fail(f"cannot export {out_dir}/{checkpoint}: {e}")
+
+    print(f"exported {out_dir}/{checkpoint} (iter {ckpt['iter_num']}) to {to}/ with its {tokenizer.kind} tokenizer"
+          + (" and its chat tokens" if tokenizer.chat_tokens else ""))
+    if tokenizer.kind == "char":
+        print(f"note: a character-level model: transformers has no tokenizer for it; {to}/README.md says how to "
+              f"encode with {to}/char_vocab.json")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,11 +1,14 @@
 """chat.py as users run it: a conversation through stdin, one message with --prompt, and its errors;
-and README's chat commands, as written."""
+and README's chat commands, as written. Its errors run in-process, one of them also as users see it."""
 
+import contextlib
+import io
 import shlex
 
 import pytest
 import torch
 
+import chat
 from conftest import CHARS, CHAT_META, REPO, chat_reply, run, save_run, tiny_model
 
 
@@ -48,17 +51,29 @@ def test_prompt_answers_one_message(chat_run):
 
 
 def test_errors_are_one_line(chat_run, tmp_path):
-    base = save_run(tmp_path / "base", tiny_model(), {"tokenizer": "char", "chars": CHARS})
     for args, message in [
-        ([f"--out_dir={base}", "--prompt=Hail!"], "error: this model has no chat tokens: fine-tune it on a chat "
-                                                  "dataset first (prepare_chat.py, then train.py)"),
         ([f"--out_dir={chat_run}", "--prompt=" + "O" * 40], "error: the message makes a prompt of 43 tokens"),
         ([f"--out_dir={chat_run}", "--top_p=0"], "error: top_p=0.0: it must lie in (0, 1]"),
         ([f"--out_dir={tmp_path / 'none'}"], "error: no checkpoint at"),
     ]:
-        result = chat_py(*args, check=False)
-        assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
-        assert result.stderr.count("\n") == 1
+        stderr = io.StringIO()  # in-process: the message is all that would reach stderr
+        with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
+            chat.main(["--device=cpu", "--temperature=0", "--max_new_tokens=10", *args])
+        assert str(e.value).startswith(message) and "\n" not in str(e.value) and not stderr.getvalue(), e.value
+    # and as a user sees it
+    base = save_run(tmp_path / "base", tiny_model(), {"tokenizer": "char", "chars": CHARS})
+    result = chat_py(f"--out_dir={base}", "--prompt=Hail!", check=False)
+    assert result.returncode == 1 and result.stderr.startswith(
+        "error: this model has no chat tokens: fine-tune it on a chat dataset first (prepare_chat.py, then train.py)")
+    assert result.stderr.count("\n") == 1
+
+
+def test_help_lists_the_settings_and_nothing_else(capsys):
+    with pytest.raises(SystemExit) as e:
+        chat.main(["--help"])
+    assert e.value.code == 0
+    flags = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+    assert flags == [f"--{key}" for key in chat.DEFAULTS]  # not tokenizer's END, which chat.py imports
 
 
 def readme_block(name):
@@ -69,6 +84,7 @@ def readme_block(name):
     return lines[start + 2:lines.index("```", start + 2)]
 
 
+@pytest.mark.slow
 def test_readme_chat_commands_run_as_written(tmp_path):
     """The quick start, then README's chat block, in a directory as a user's clone has it; training
     shortened by flags."""

@@ -1,6 +1,9 @@
 """evaluate.py: the whole split's loss equals a direct computation over every window, in nats and in
-bits, with one process and two; train.py's --eval_iters=0 measures the same."""
+bits, with one process and two; train.py's --eval_iters=0 measures the same. Its errors run in-process,
+one of them also as users see it."""
 
+import contextlib
+import io
 import json
 import math
 
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import evaluate
 from conftest import TORCHRUN, run, save_run, tiny_model
 from evaluate import in_units, loss_sums
 from tokenizer import get_tokenizer
@@ -50,6 +54,16 @@ def direct(model, directory):
     return total, count
 
 
+def bad_input(*args):
+    """The error evaluate.py stops with, run in-process: one line, and nothing else on stderr."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
+        evaluate.main(list(args))
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message and not stderr.getvalue(), message
+    return message
+
+
 def test_whole_split_loss_is_the_direct_computation(dataset):
     model = tiny_model(vocab_size=len(CHARS)).eval()
     nats, count = direct(model, dataset)
@@ -65,6 +79,7 @@ def test_whole_split_loss_is_the_direct_computation(dataset):
         assert loss == pytest.approx(nats / count, rel=1e-6) and bits == pytest.approx(loss / math.log(2), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_and_train_py_agree(dataset, tmp_path):
     # a trained run whose last eval covers the whole split, then evaluate.py on its checkpoint
     out = tmp_path / "out"
@@ -99,8 +114,7 @@ def test_a_chat_model_reads_its_bases_plain_text(dataset, tmp_path):
     conversations.mkdir()
     data.write_meta(conversations, chat_meta)
     save_run(tmp_path / "plain", tiny_model(vocab_size=len(CHARS)), META)
-    result = run("evaluate.py", f"--out_dir={tmp_path / 'plain'}", f"--dataset={conversations}", check=False)
-    assert result.returncode != 0 and result.stderr.strip() == (
+    assert bad_input(f"--out_dir={tmp_path / 'plain'}", f"--dataset={conversations}") == (
         f"error: {conversations} holds conversations, whose chat tokens the model does not have: evaluate a model "
         "fine-tuned on them, or the model on plain text")
 
@@ -120,15 +134,16 @@ def test_gpt2_bits_are_per_byte(tmp_path):
     assert result["bits"] == pytest.approx(result["loss"] * result["tokens"] / result["units"] / math.log(2))
 
 
-def test_bad_input_is_one_line(dataset, tmp_path):
+def test_bad_input_is_one_line(dataset, tmp_path, monkeypatch):
     save_run(tmp_path / "gpt2", tiny_model(vocab_size=50257), {"tokenizer": "gpt2", "vocab_size": 50257})
+    monkeypatch.chdir(tmp_path)
     for args, message in [
         ([f"--out_dir={tmp_path / 'gpt2'}", f"--dataset={dataset}"], "is tokenized as char (28 tokens) and the model "
                                                                      "as gpt2 (50257)"),
         (["--init_from=" + str(tmp_path / "gpt2"), "--dataset=x"], "config.json is missing"),  # a run, not HF
         ([f"--out_dir={tmp_path / 'gpt2'}", f"--dataset={tmp_path / 'none'}"], "no dataset at"),
-        (["--batch_size=0"], "batch_size=0: it must be at least 1"),
     ]:
-        result = run("evaluate.py", *args, check=False, cwd=tmp_path)
-        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
-        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert message in bad_input(*args), args
+    # and as a user sees it
+    result = run("evaluate.py", "--batch_size=0", check=False, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr == "error: batch_size=0: it must be at least 1\n"

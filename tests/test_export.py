@@ -1,10 +1,14 @@
-"""export.py end to end: the exported directory used by transformers as it is."""
+"""export.py end to end: the exported directory used by transformers as it is. Its errors run
+in-process, one of them also as users see it."""
 
+import contextlib
+import io
 import json
 
 import pytest
 import torch
 
+import export as export_py
 from bpe import train_bpe
 from chat_template import CHAT_TOKENS, render_conversation, render_prompt
 from conftest import CHARS, CHAT_META, REPO, UNICODE, run, save_run, tiny_model
@@ -24,6 +28,7 @@ def greedy_sample(out_dir, prompt, n):
     return result.stdout.split("\n---------------")[0]
 
 
+@pytest.mark.slow
 def test_gpt2_export_works_in_a_pipeline_as_it_is(tmp_path):
     run_dir = make_run(tmp_path / "run", {"tokenizer": "gpt2", "vocab_size": 50257}, vocab_size=50257)
     export = tmp_path / "export"
@@ -40,6 +45,7 @@ def test_gpt2_export_works_in_a_pipeline_as_it_is(tmp_path):
     assert generator.tokenizer(text)["input_ids"] == get_tokenizer({"tokenizer": "gpt2"}).encode(text)
 
 
+@pytest.mark.slow
 def test_bpe_export_works_in_a_pipeline_as_it_is(tmp_path):
     bpe = train_bpe([(REPO / "assets" / "tinyshakespeare.txt").read_text()[:300_000], UNICODE * 20], 800)
     run_dir = make_run(tmp_path / "run", bpe.meta(), vocab_size=800)
@@ -53,6 +59,7 @@ def test_bpe_export_works_in_a_pipeline_as_it_is(tmp_path):
     assert generator(text, do_sample=False, max_new_tokens=24)[0]["generated_text"] == greedy_sample(run_dir, text, 24)
 
 
+@pytest.mark.slow
 def test_char_export_says_how_to_tokenize(tmp_path):
     meta = {"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS}
     run_dir = make_run(tmp_path / "run", meta, vocab_size=len(CHARS))
@@ -74,20 +81,24 @@ def test_char_export_says_how_to_tokenize(tmp_path):
 def test_bad_exports_are_one_line_and_keep_the_earlier_export(tmp_path):
     meta = {"tokenizer": "gpt2", "vocab_size": 50257}
     export = tmp_path / "export"
-    run("export.py", f"--out_dir={make_run(tmp_path / 'good', meta, vocab_size=50257)}", f"--to={export}")
+    export_py.main([f"--out_dir={make_run(tmp_path / 'good', meta, vocab_size=50257)}", f"--to={export}"])
     before = {p.name: p.read_bytes() for p in export.iterdir()}
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     no_bias = make_run(tmp_path / "no_bias", meta, vocab_size=50257, bias=False)
     for args, message in [
-        ([f"--out_dir={tmp_path / 'good'}"], "say where to write the export: --to=DIR"),
         ([f"--out_dir={tmp_path / 'nowhere'}", f"--to={export}"], "no checkpoint at"),
         ([f"--out_dir={tmp_path / 'good'}", f"--to={tmp_path / 'other'}"], "is not an earlier export"),
         ([f"--out_dir={no_bias}", f"--to={export}"], "bias=False cannot be exported"),
     ]:
-        result = run("export.py", *args, check=False)
-        assert result.returncode != 0 and message in result.stderr
-        assert result.stderr.strip().count("\n") == 0, result.stderr
+        stderr = io.StringIO()  # in-process: the message is all that would reach stderr
+        with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
+            export_py.main(args)
+        assert str(e.value).startswith("error: ") and message in str(e.value), e.value
+        assert "\n" not in str(e.value) and not stderr.getvalue()
+    # and as a user sees it
+    result = run("export.py", f"--out_dir={tmp_path / 'good'}", check=False)
+    assert result.returncode == 1 and result.stderr == "error: say where to write the export: --to=DIR\n"
     assert {p.name: p.read_bytes() for p in export.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "good", "no_bias", "other"]
 
@@ -96,6 +107,7 @@ CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "co
                 {"role": "assistant", "content": " Sure: ☕."}, {"role": "user", "content": "Thanks"}]
 
 
+@pytest.mark.slow
 def test_a_chat_export_speaks_our_chat_template(tmp_path):
     """transformers' apply_chat_template gives our prompts' tokens and loss mask, and its pipeline
     answers a list of messages with the server's greedy reply."""
@@ -162,3 +174,11 @@ def test_a_char_chat_export_says_how_to_chat(tmp_path):
     config = json.loads((export / "config.json").read_text())
     assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (69, None, 68)
     assert "## A chat model" in (export / "README.md").read_text()
+
+
+def test_help_lists_the_settings_and_nothing_else(capsys):
+    with pytest.raises(SystemExit) as e:
+        export_py.main(["--help"])
+    assert e.value.code == 0
+    flags = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+    assert flags == ["--out_dir", "--checkpoint", "--to"]  # not tokenizer's END, which export.py imports

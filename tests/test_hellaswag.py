@@ -1,6 +1,9 @@
-"""hellaswag.py: exact against transformers, independent of batch size and process count, clear errors."""
+"""hellaswag.py: exact against transformers, independent of batch size and process count, clear errors
+(in-process, one of them also as users see it)."""
 
+import contextlib
 import http.server
+import io
 import json
 import threading
 from functools import partial
@@ -44,6 +47,7 @@ def hf_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_matches_transformers_example_by_example(hf_dir):
     # the reference: HF's GPT-2 on one unpadded row at a time, its own slicing of the ending's losses
     examples = hellaswag.load_examples(SAMPLE)[:24]
@@ -90,6 +94,7 @@ def test_batch_size_does_not_change_the_results():
     torch.testing.assert_close(one, many, atol=0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_matches_eager():
     # padded to multiples of 32 and full batches under torch.compile
     model = tiny_gpt2()
@@ -101,6 +106,7 @@ def test_compiled_matches_eager():
     assert torch.equal((compiled / counts).argmin(1), (eager / counts).argmin(1))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(hf_dir, tmp_path):
     common = [f"--init_from={hf_dir}", f"--data_file={SAMPLE}", "--limit=15", "--batch_size=4"]
     one = hellaswag_py(*common, f"--out_file={tmp_path / 'one.json'}")
@@ -171,14 +177,18 @@ def test_bad_arguments_are_one_clear_line(hf_dir, tmp_path):
                        meta=train_bpe(["a vocabulary trained here"], 261).meta())
     (tmp_path / "bad.jsonl").write_text(json.dumps({**GOOD, "label": 7}) + "\n")
     for args, message in [
-        ([f"--init_from={hf_dir}", f"--data_file={tmp_path / 'bad.jsonl'}"],
-         f"error: {tmp_path / 'bad.jsonl'} line 1: label must be an integer from 0 to 3, got 7"),
         ([f"--out_dir={tmp_path}"], "HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the 'char'"),
         ([f"--out_dir={bpe_run}"], "HellaSwag needs a model with GPT-2's BPE tokenizer, and this one uses the 'bpe'"),
         ([f"--init_from={hf_dir}", f"--data_file={tmp_path / 'missing.jsonl'}"], "no HellaSwag data at"),
         ([f"--init_from={hf_dir}", "--limit=0"], "limit=0: give a number of examples, at least 1"),
         ([f"--init_from={hf_dir}", "--batch_size=0"], "batch_size=0: it must be at least 1"),
     ]:
-        result = hellaswag_py(*args, check=False)
-        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
-        assert result.stderr.strip().count("\n") == 0, result.stderr
+        stderr = io.StringIO()  # in-process: the message is all that would reach stderr
+        with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
+            hellaswag.main(["--device=cpu", *args])
+        assert str(e.value).startswith("error: ") and message in str(e.value), (args, e.value)
+        assert "\n" not in str(e.value) and not stderr.getvalue()
+    # and as a user sees it
+    result = hellaswag_py(f"--init_from={hf_dir}", f"--data_file={tmp_path / 'bad.jsonl'}", check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"error: {tmp_path / 'bad.jsonl'} line 1: label must be an integer from 0 to 3, got 7\n"

@@ -1,13 +1,16 @@
-"""sample.py end to end: subprocesses, as users run it."""
+"""sample.py end to end: subprocesses, as users run it; its errors in-process, one of them also as users see it."""
 
+import contextlib
+import io
 import os
 import shutil
 
 import pytest
 import torch
 
+import sample as sample_py
 from checkpoint import load_model, save_checkpoint
-from conftest import run
+from conftest import CHARS, run, save_run, tiny_model
 from generation import generate
 from hf import save_pretrained
 from model import GPT, GPTConfig
@@ -27,6 +30,14 @@ def trained(char_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """A char-level checkpoint with random weights, as train.py writes one: enough to stop on bad input."""
+    meta = {"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS}
+    return save_run(tmp_path_factory.mktemp("untrained") / "out", tiny_model(), meta)
+
+
+@pytest.mark.slow
 def test_samples_from_a_training_run(trained, tmp_path):
     out_file = tmp_path / "generated.txt"
     result = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50",
@@ -42,6 +53,7 @@ def test_samples_from_a_training_run(trained, tmp_path):
     assert again.stdout == result.stdout
 
 
+@pytest.mark.slow
 def test_a_vocabulary_learned_here_from_prepare_to_sample(bpe_data, tmp_path):
     """prepare_shakespeare.py --tokenizer bpe, train.py, sample.py: the text streams in whole characters,
     and the checkpoint carries the vocabulary, so sampling needs no data directory."""
@@ -63,10 +75,21 @@ def test_a_vocabulary_learned_here_from_prepare_to_sample(bpe_data, tmp_path):
     assert result.stdout == prompt + tokenizer.decode(tokens) + "\n---------------\n"
 
 
-def test_without_out_dir_it_samples_the_newest_run_here(trained, tmp_path):
+def bad_input(*args):
+    """The error sample.py stops with, run in-process: one line, and nothing else on stderr."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
+        sample_py.main(["--device=cpu", *args])
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message and not stderr.getvalue(), message
+    return message
+
+
+@pytest.mark.slow
+def test_without_out_dir_it_samples_the_newest_run_here(trained, tmp_path, monkeypatch):
     # `python sample.py` right after `python train.py`, in the same directory
-    result = sample("--num_samples=1", check=False, cwd=tmp_path)
-    assert result.returncode != 0 and "no training run here (no */ckpt.pt): train one with" in result.stderr
+    monkeypatch.chdir(tmp_path)
+    assert "no training run here (no */ckpt.pt): train one with" in bad_input("--num_samples=1")
     for age, name in ((200, "out-older"), (100, "out-newer"), (300, "out-oldest")):
         shutil.copytree(trained, tmp_path / name)
         os.utime(tmp_path / name / "ckpt.pt", (1e9 - age, 1e9 - age))
@@ -76,6 +99,7 @@ def test_without_out_dir_it_samples_the_newest_run_here(trained, tmp_path):
                                    "--seed=7").stdout
 
 
+@pytest.mark.slow
 def test_prompt_from_a_file_and_beam_search(trained, tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("JULIET:\n")
@@ -85,6 +109,7 @@ def test_prompt_from_a_file_and_beam_search(trained, tmp_path):
     assert all(b.startswith("JULIET:\n") and "[beam score" in b for b in beams)
 
 
+@pytest.mark.slow
 def test_samples_from_a_local_hf_directory(tmp_path):
     torch.manual_seed(0)
     save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp_path)
@@ -107,19 +132,29 @@ def test_samples_from_a_local_hf_directory(tmp_path):
     (["--device=gpu"], "device='gpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
     (["--prompt"], "--prompt has no value"),
 ])
-def test_bad_input_is_one_clear_line(trained, args, message):
-    result = sample(f"--out_dir={trained}", *args, check=False)
-    assert result.returncode != 0 and message in result.stderr
-    assert result.stderr.strip().count("\n") == 0, result.stderr
+def test_bad_input_is_one_clear_line(untrained, args, message):
+    assert message in bad_input(f"--out_dir={untrained}", *args)
 
 
-def test_broken_checkpoints(trained, tmp_path):
-    raw = (trained / "ckpt.pt").read_bytes()
+def test_an_error_is_one_line_on_stderr(untrained):
+    result = sample(f"--out_dir={untrained}", "--checkpoint=nothing.pt", check=False)
+    assert result.returncode == 1 and result.stderr.startswith("error: no checkpoint at")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_broken_checkpoints(untrained, tmp_path):
+    raw = (untrained / "ckpt.pt").read_bytes()
     (tmp_path / "ckpt.pt").write_bytes(raw[: len(raw) // 2])
-    result = sample(f"--out_dir={tmp_path}", check=False)
-    assert result.returncode != 0 and "is not a readable checkpoint" in result.stderr
-    ckpt = torch.load(trained / "ckpt.pt", weights_only=True)
+    assert "is not a readable checkpoint" in bad_input(f"--out_dir={tmp_path}")
+    ckpt = torch.load(untrained / "ckpt.pt", weights_only=True)
     ckpt["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
     save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
-    result = sample(f"--out_dir={tmp_path}", check=False)
-    assert result.returncode != 0 and "NaN or inf" in result.stderr
+    assert "NaN or inf" in bad_input(f"--out_dir={tmp_path}")
+
+
+def test_help_lists_the_settings_and_nothing_else(capsys):
+    with pytest.raises(SystemExit) as e:
+        sample_py.main(["--help"])
+    assert e.value.code == 0
+    flags = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+    assert flags == [f"--{key}" for key in sample_py.DEFAULTS] + ["--prompt"]
