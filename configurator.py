@@ -16,7 +16,6 @@ import difflib
 import sys
 import traceback
 import types
-from pathlib import Path
 
 
 def configure(defaults, argv, usage="", files_may_set_others=False, aliases=None):
@@ -82,17 +81,6 @@ def run_config_file(path, config, may_set_others):
         check_key(key, config, where=path)
         changed[key] = checked(key, value, config[key], where=path)
     return changed
-
-
-def script_defaults(path):
-    """A script's settings with their defaults, read from its source without running it: the
-    assignments between its first two lines of dashes (# ----), where every script here keeps them.
-    bench/train.py measures train.py's model and optimizer this way, with train.py's own defaults."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    rules = [i for i, line in enumerate(lines) if line.startswith("# ---")]
-    settings = {}
-    exec("\n".join(lines[rules[0] + 1:rules[1]]), {}, settings)
-    return settings
 
 
 def check_key(key, config, where):

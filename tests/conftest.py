@@ -84,6 +84,17 @@ def run_main(main, *args, cwd=REPO):
     return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
 
+def main_error(main, *args):
+    """The error that a script's main(args) stops with, in this process: a one-line message, and
+    all that would reach stderr."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as e, redirect_stderr(stderr):
+        main([str(a) for a in args])
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message and not stderr.getvalue(), message
+    return message
+
+
 def random_text(rng, n):
     """n code points of any kind but surrogates: ASCII, any plane, combining marks, emoji."""
     points = [rng.choice([rng.randrange(0x20, 0x7f), rng.randrange(0, 0xd800), rng.randrange(0xe000, 0x110000),

@@ -1,6 +1,6 @@
 import pytest
 
-from configurator import configure, script_defaults
+from configurator import configure
 
 DEFAULTS = {"batch_size": 12, "learning_rate": 6e-4, "compile": True, "out_dir": "out",
             "total_batch_size": None, "wandb_run_name": "run"}
@@ -111,10 +111,3 @@ def test_help_lists_every_key(capsys):
     assert "usage line" in out
     for key, value in DEFAULTS.items():
         assert f"--{key}" in out and repr(value) in out
-
-
-def test_script_defaults_are_read_without_running_the_script(tmp_path):
-    script = tmp_path / "script.py"
-    script.write_text('import sys\n# ---\nlr = 6e-4  # the rate\nname = "run"\n'
-                      'steps = 5 * 8\n# ---\nsys.exit("the script ran")\n')
-    assert script_defaults(script) == {"lr": 6e-4, "name": "run", "steps": 40}

@@ -2,8 +2,6 @@
 bits, with one process and two; train.py's --eval_iters=0 measures the same. Its errors run in-process,
 one of them also as users see it."""
 
-import contextlib
-import io
 import json
 import math
 
@@ -14,7 +12,7 @@ import torch.nn.functional as F
 
 import data
 import evaluate
-from conftest import TORCHRUN, run, save_run, tiny_model
+from conftest import TORCHRUN, run, save_run, tiny_model, main_error
 from evaluate import in_units, loss_sums
 from tokenizer import get_tokenizer
 
@@ -55,13 +53,7 @@ def direct(model, directory):
 
 
 def bad_input(*args):
-    """The error evaluate.py stops with, run in-process: one line, and nothing else on stderr."""
-    stderr = io.StringIO()
-    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
-        evaluate.main(list(args))
-    message = str(e.value)
-    assert message.startswith("error: ") and "\n" not in message and not stderr.getvalue(), message
-    return message
+    return main_error(evaluate.main, *args)
 
 
 def test_whole_split_loss_is_the_direct_computation(dataset):

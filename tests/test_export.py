@@ -1,8 +1,6 @@
 """export.py end to end: the exported directory used by transformers as it is. Its errors run
 in-process, one of them also as users see it."""
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -11,7 +9,7 @@ import torch
 import export as export_py
 from bpe import train_bpe
 from chat_template import CHAT_TOKENS, render_conversation, render_prompt
-from conftest import CHARS, CHAT_META, REPO, UNICODE, run, save_run, tiny_model
+from conftest import CHARS, CHAT_META, REPO, UNICODE, run, save_run, tiny_model, main_error
 from tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -91,11 +89,7 @@ def test_bad_exports_are_one_line_and_keep_the_earlier_export(tmp_path):
         ([f"--out_dir={tmp_path / 'good'}", f"--to={tmp_path / 'other'}"], "is not an earlier export"),
         ([f"--out_dir={no_bias}", f"--to={export}"], "bias=False cannot be exported"),
     ]:
-        stderr = io.StringIO()  # in-process: the message is all that would reach stderr
-        with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
-            export_py.main(args)
-        assert str(e.value).startswith("error: ") and message in str(e.value), e.value
-        assert "\n" not in str(e.value) and not stderr.getvalue()
+        assert message in main_error(export_py.main, *args)
     # and as a user sees it
     result = run("export.py", f"--out_dir={tmp_path / 'good'}", check=False)
     assert result.returncode == 1 and result.stderr == "error: say where to write the export: --to=DIR\n"

@@ -1,7 +1,5 @@
 """sample.py end to end: subprocesses, as users run it; its errors in-process, one of them also as users see it."""
 
-import contextlib
-import io
 import os
 import shutil
 
@@ -10,7 +8,7 @@ import torch
 
 import sample as sample_py
 from checkpoint import load_model, save_checkpoint
-from conftest import CHARS, run, save_run, tiny_model
+from conftest import CHARS, run, save_run, tiny_model, main_error
 from generation import generate
 from hf import save_pretrained
 from model import GPT, GPTConfig
@@ -76,13 +74,7 @@ def test_a_vocabulary_learned_here_from_prepare_to_sample(bpe_data, tmp_path):
 
 
 def bad_input(*args):
-    """The error sample.py stops with, run in-process: one line, and nothing else on stderr."""
-    stderr = io.StringIO()
-    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(stderr):
-        sample_py.main(["--device=cpu", *args])
-    message = str(e.value)
-    assert message.startswith("error: ") and "\n" not in message and not stderr.getvalue(), message
-    return message
+    return main_error(sample_py.main, "--device=cpu", *args)
 
 
 @pytest.mark.slow
