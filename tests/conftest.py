@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import prepare_shakespeare
+import train
 from chat_template import END, render_prompt
 from checkpoint import load_model, save_checkpoint
 from generation import generate
@@ -26,6 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 CHARS = sorted(set((REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")))  # the char vocabulary
 PYTHON = [sys.executable]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # gloo on CPU
+# train.py's flags for a run of a few milliseconds a step
+TINY_RUN = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
+            "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1",
+            "--warmup_iters=2", "--lr_decay_iters=30", "--learning_rate=3e-3", "--dropout=0.1", "--eval_interval=4"]
 TINY_MODEL = dict(vocab_size=len(CHARS), block_size=16, n_layer=2, n_head=2, n_embd=32)
 # text for a trained BPE vocabulary to merge across the bytes of multi-byte characters, so that some
 # of its tokens end inside a character
@@ -132,6 +137,16 @@ def bpe_data(tmp_path_factory):
     prepare_shakespeare.py --tokenizer bpe makes it, shared by every test."""
     out = tmp_path_factory.mktemp("shakespeare_bpe")
     prepare_shakespeare.main(["--tokenizer", "bpe", "--vocab_size", "512", "--out_dir", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(char_data, tmp_path_factory):
+    """A char run of TINY_RUN's shape that train.py trained for 4 steps: its ckpt.pt, best.pt and
+    log.jsonl, for the scripts that read a run. Shared: copy it before writing into it."""
+    out = tmp_path_factory.mktemp("trained_run")
+    result = run_main(train.main, *TINY_RUN, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=4")
+    assert result.returncode == 0, result.stderr
     return out
 
 

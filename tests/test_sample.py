@@ -1,31 +1,25 @@
-"""sample.py end to end: subprocesses, as users run it; its errors in-process, one of them also as users see it."""
+"""sample.py end to end, its main in this process; an error also as a process, as users see it."""
 
 import os
 import shutil
 
 import pytest
 import torch
+from conftest import CHARS, REPO, main_error, run, run_main, save_run, tiny_model
 
 import sample as sample_py
+import train
 from checkpoint import load_model, save_checkpoint
-from conftest import CHARS, run, save_run, tiny_model, main_error
 from generation import generate
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
 
-def sample(*args, check=True, **kwargs):
-    return run("sample.py", "--device=cpu", *args, check=check, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def trained(char_data, tmp_path_factory):
-    """A tiny char-level model that train.py trained for a few steps."""
-    out = tmp_path_factory.mktemp("sample") / "out"
-    run("train.py", f"--dataset={char_data}", f"--out_dir={out}", "--device=cpu", "--compile=False", "--n_layer=1",
-        "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--gradient_accumulation_steps=1",
-        "--max_iters=20", "--eval_interval=10", "--eval_iters=2", "--learning_rate=1e-2")
-    return out
+def sample(*args, check=True, cwd=REPO):
+    result = run_main(sample_py.main, "--device=cpu", *args, cwd=cwd)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +29,9 @@ def untrained(tmp_path_factory):
     return save_run(tmp_path_factory.mktemp("untrained") / "out", tiny_model(), meta)
 
 
-@pytest.mark.slow
-def test_samples_from_a_training_run(trained, tmp_path):
+def test_samples_from_a_training_run(trained_run, tmp_path):
     out_file = tmp_path / "generated.txt"
-    result = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50",
+    result = sample(f"--out_dir={trained_run}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50",
                     f"--out_file={out_file}", "--seed=7")
     samples = result.stdout.split("\n---------------\n")
     assert len(samples) == 3 and samples[-1] == ""
@@ -46,19 +39,19 @@ def test_samples_from_a_training_run(trained, tmp_path):
     assert out_file.read_text() == "\n---------------\n".join(samples[:2]) + "\n"
     assert "tokens/s" in result.stderr
     # the same seed gives the same text, the cache or not; best.pt is there too
-    again = sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50", "--seed=7",
+    again = sample(f"--out_dir={trained_run}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=50", "--seed=7",
                    "--kv_cache=False", "--checkpoint=best.pt")
     assert again.stdout == result.stdout
 
 
-@pytest.mark.slow
 def test_a_vocabulary_learned_here_from_prepare_to_sample(bpe_data, tmp_path):
     """prepare_shakespeare.py --tokenizer bpe, train.py, sample.py: the text streams in whole characters,
     and the checkpoint carries the vocabulary, so sampling needs no data directory."""
     data_dir, out = shutil.copytree(bpe_data, tmp_path / "data"), tmp_path / "out"
-    run("train.py", f"--dataset={data_dir}", f"--out_dir={out}", "--device=cpu", "--compile=False", "--n_layer=1",
-        "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--max_iters=20", "--eval_interval=10",
-        "--eval_iters=2", "--learning_rate=1e-2")
+    trained = run_main(train.main, f"--dataset={data_dir}", f"--out_dir={out}", "--device=cpu", "--compile=False",
+                       "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--max_iters=20",
+                       "--eval_interval=10", "--eval_iters=2", "--learning_rate=1e-2")
+    assert trained.returncode == 0, trained.stderr
     run("plot.py", out, f"--out={tmp_path / 'curves.png'}")
     assert (tmp_path / "curves.png").stat().st_size > 0
     shutil.rmtree(data_dir)
@@ -77,31 +70,28 @@ def bad_input(*args):
     return main_error(sample_py.main, "--device=cpu", *args)
 
 
-@pytest.mark.slow
-def test_without_out_dir_it_samples_the_newest_run_here(trained, tmp_path, monkeypatch):
+def test_without_out_dir_it_samples_the_newest_run_here(trained_run, tmp_path, monkeypatch):
     # `python sample.py` right after `python train.py`, in the same directory
     monkeypatch.chdir(tmp_path)
     assert "no training run here (no */ckpt.pt): train one with" in bad_input("--num_samples=1")
     for age, name in ((200, "out-older"), (100, "out-newer"), (300, "out-oldest")):
-        shutil.copytree(trained, tmp_path / name)
+        shutil.copytree(trained_run, tmp_path / name)
         os.utime(tmp_path / name / "ckpt.pt", (1e9 - age, 1e9 - age))
     result = sample("--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5", "--seed=7", cwd=tmp_path)
     assert "out-newer: the newest run here" in result.stderr
-    assert result.stdout == sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5",
+    assert result.stdout == sample(f"--out_dir={trained_run}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5",
                                    "--seed=7").stdout
 
 
-@pytest.mark.slow
-def test_prompt_from_a_file_and_beam_search(trained, tmp_path):
+def test_prompt_from_a_file_and_beam_search(trained_run, tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("JULIET:\n")
-    result = sample(f"--out_dir={trained}", f"--start=FILE:{prompt}", "--num_beams=3", "--num_samples=2",
+    result = sample(f"--out_dir={trained_run}", f"--start=FILE:{prompt}", "--num_beams=3", "--num_samples=2",
                     "--max_new_tokens=10")
     beams = result.stdout.split("\n---------------\n")[:2]
     assert all(b.startswith("JULIET:\n") and "[beam score" in b for b in beams)
 
 
-@pytest.mark.slow
 def test_samples_from_a_local_hf_directory(tmp_path):
     torch.manual_seed(0)
     save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp_path)
@@ -129,7 +119,7 @@ def test_bad_input_is_one_clear_line(untrained, args, message):
 
 
 def test_an_error_is_one_line_on_stderr(untrained):
-    result = sample(f"--out_dir={untrained}", "--checkpoint=nothing.pt", check=False)
+    result = run("sample.py", "--device=cpu", f"--out_dir={untrained}", "--checkpoint=nothing.pt", check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: no checkpoint at")
     assert result.stderr.count("\n") == 1, result.stderr
 

@@ -21,13 +21,10 @@ import prepare_chat
 import prepare_shakespeare
 import train as train_py
 from configurator import configure
-from conftest import PYTHON, REPO, TORCHRUN, run, run_main
+from conftest import PYTHON, REPO, TINY_RUN, TORCHRUN, run, run_main
 from hf import save_pretrained
 from model import GPT, GPTConfig
 
-TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
-        "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1",
-        "--warmup_iters=2", "--lr_decay_iters=30", "--learning_rate=3e-3", "--dropout=0.1", "--eval_interval=4"]
 # the timings differ from run to run, and a run resumed with another max_iters logged the first
 TIMING = ("ms", "tokens_per_sec", "mfu", "seconds_left", "max_iters")
 
@@ -67,7 +64,7 @@ def assert_same_state(a, b):
 def reference(char_data, tmp_path_factory):
     """An uninterrupted 12-step run that the resumed runs must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    train(*TINY, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=12")
+    train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=12")
     return out
 
 
@@ -78,7 +75,7 @@ def test_overfits_one_batch(tmp_path):
     data.write_shard(tmp_path / "val_000000.bin", rng.integers(0, 50, 33))
     data.write_meta(tmp_path, {"tokenizer": "char", "vocab_size": 50, "chars": [chr(65 + i) for i in range(50)]})
     out = tmp_path / "out"
-    train(*TINY, f"--dataset={tmp_path}", f"--out_dir={out}", "--dropout=0.0", "--max_iters=150",
+    train(*TINY_RUN, f"--dataset={tmp_path}", f"--out_dir={out}", "--dropout=0.0", "--max_iters=150",
           "--lr_decay_iters=150", "--learning_rate=1e-2", "--eval_interval=1000")
     losses = [r["train_loss"] for r in read_log(out) if "train_loss" in r]
     assert losses[0] > 3.5 and losses[-1] < 0.05
@@ -87,7 +84,7 @@ def test_overfits_one_batch(tmp_path):
 @pytest.mark.parametrize("stop_at", [3, 4, 9])
 def test_resume_is_exact(char_data, reference, tmp_path, stop_at):
     # a run cut short at stop_at, then resumed to the end, equals the uninterrupted run bit for bit
-    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
+    common = [*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
     train(*common, f"--max_iters={stop_at}")
     result = train(*common, "--init_from=resume", "--max_iters=12")
     assert f"resuming {tmp_path} at iter {stop_at}; max_iters: {stop_at} -> 12" in result.stdout
@@ -98,7 +95,7 @@ def test_resume_is_exact(char_data, reference, tmp_path, stop_at):
 def test_deterministic_kernels_change_nothing_on_cpu(char_data, reference, tmp_path):
     # --deterministic is for CUDA's reductions; on a CPU every kernel is already deterministic, so the
     # switch must run every op the loop uses (and resume) and give the reference run bit for bit
-    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--deterministic=True"]
+    common = [*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--deterministic=True"]
     train(*common, "--max_iters=5")
     train(*common, "--init_from=resume", "--max_iters=12")
     assert_same_state(load(tmp_path), load(reference))
@@ -132,7 +129,7 @@ def test_checkpoints_are_plain_and_best_is_kept(reference):
 
 
 def test_sigterm_saves_and_resumes_exactly(char_data, tmp_path):
-    common = [*TINY, f"--dataset={char_data}"]
+    common = [*TINY_RUN, f"--dataset={char_data}"]
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"--out_dir={stopped}",
                              "--max_iters=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -156,7 +153,7 @@ def test_sigterm_saves_and_resumes_exactly(char_data, tmp_path):
 @pytest.mark.ddp
 def test_ddp_matches_one_process(char_data, tmp_path):
     # the same global batch (4 micro-batches of 4), over 2 gloo ranks or in one process
-    assert_ddp_matches_one_process([*TINY, f"--dataset={char_data}", "--gradient_accumulation_steps=4"], tmp_path)
+    assert_ddp_matches_one_process([*TINY_RUN, f"--dataset={char_data}", "--gradient_accumulation_steps=4"], tmp_path)
 
 
 def assert_ddp_matches_one_process(args, tmp_path):
@@ -241,7 +238,7 @@ def test_the_minimal_gpt_large_model_line_means_what_it_says(char_data, tmp_path
 
 
 def test_the_same_command_resumes_a_killed_run_bit_for_bit(char_data, tmp_path):
-    common = [*TINY[:-1], f"--dataset={char_data}", "--eval_interval=3", "--warmup_iters=None",
+    common = [*TINY_RUN[:-1], f"--dataset={char_data}", "--eval_interval=3", "--warmup_iters=None",
               "--lr_decay_iters=None", "--max_iters=15"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"--out_dir={killed}"],
@@ -268,12 +265,12 @@ def test_the_same_command_resumes_a_killed_run_bit_for_bit(char_data, tmp_path):
 
 def test_auto_refuses_to_replace_another_runs_checkpoint(char_data, reference, tmp_path):
     (tmp_path / "ckpt.pt").write_bytes((reference / "ckpt.pt").read_bytes())
-    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", check=False)
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", check=False)
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0, result.stderr
     assert f"{tmp_path} holds the checkpoint of another run (n_layer=2 there, 3 here)" in result.stderr
     assert (tmp_path / "ckpt.pt").read_bytes() == (reference / "ckpt.pt").read_bytes()
     # --init_from=scratch starts over there, as asked
-    train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", "--init_from=scratch",
+    train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", "--init_from=scratch",
           "--max_iters=1")
     assert load(tmp_path)["model_args"]["n_layer"] == 3
 
@@ -303,7 +300,7 @@ def test_finetunes_a_local_hf_directory(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
-    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
+    common = [*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
     train(*common, "--max_iters=4")
     good = load(tmp_path)
     result = train(*common, "--init_from=resume", "--max_iters=12", "--learning_rate=1e30", "--grad_clip=0.0",
@@ -331,7 +328,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--init_from=gpt3"], "init_from='gpt3': use scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local"),
 ])
 def test_configuration_errors(char_data, tmp_path, args, message):
-    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
 
@@ -339,7 +336,7 @@ def test_configuration_errors(char_data, tmp_path, args, message):
 def test_a_configuration_error_is_one_line_from_the_command_line(char_data, tmp_path):
     # the checks above run train.main in this process; as a command, a bad setting is one line on
     # stderr and exit status 1, before anything is written
-    result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={tmp_path / 'out'}", "--n_layers=3",
+    result = run("train.py", *TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path / 'out'}", "--n_layers=3",
                  check=False)
     assert result.returncode == 1 and result.stderr == ("error: unknown config key 'n_layers' in --n_layers=3; "
                                                         "did you mean 'n_layer'?\n")
@@ -361,7 +358,7 @@ def test_input_errors_are_one_line_and_write_nothing(char_data, tmp_path):
         "or train on one that is ready with --dataset NAME (shakespeare_char)")
 
     (tmp_path / "a_file").write_text("not a directory")
-    assert "out_dir=" in fails(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path / 'a_file'}")
+    assert "out_dir=" in fails(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path / 'a_file'}")
 
     config = tmp_path / "broken.py"
     config.write_text("batch_size = 4\nlearning_rate = 1e-3 *\n")
@@ -374,13 +371,13 @@ def test_input_errors_are_one_line_and_write_nothing(char_data, tmp_path):
     data.write_shard(bad / "val_000000.bin", np.arange(100) % 50)
     data.write_meta(bad, {"tokenizer": "char", "vocab_size": 50, "chars": [chr(65 + i) for i in range(50)]})
     assert "holds token id 59 but the model's vocabulary has ids 0..49" in fails(
-        *TINY, f"--dataset={bad}", f"--out_dir={tmp_path / 'out'}")
+        *TINY_RUN, f"--dataset={bad}", f"--out_dir={tmp_path / 'out'}")
     assert not (tmp_path / "out" / "ckpt.pt").exists()
 
 
 @pytest.mark.ddp
 def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
-    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=5",
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=5",
                    launcher=TORCHRUN, check=False)
     assert result.returncode != 0
     # said once, by rank 0 (torchrun then adds its own report of the failed ranks)
@@ -391,7 +388,7 @@ def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_file(char_data, tmp_path):
     import resource
 
-    common = [*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
+    common = [*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
     train(*common, "--max_iters=4")
     good = (tmp_path / "ckpt.pt").read_bytes()
 
@@ -437,14 +434,6 @@ def gpt2_chat_data(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def char_run(char_data, tmp_path_factory):
-    """A 4-step char run of the shape of TINY, to fine-tune."""
-    out = tmp_path_factory.mktemp("char_run")
-    train(*TINY, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=4")
-    return out
-
-
 def test_the_loss_counts_only_the_assistant(char_data, tmp_path):
     """User turns of random letters, always answered "I know.": the loss can fall close to zero only if
     it counts the answers alone; with the letters it could not go below about 2.5 (20 of 29 targets
@@ -455,24 +444,24 @@ def test_the_loss_counts_only_the_assistant(char_data, tmp_path):
     (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     prepare_chat.main(["--data_files", str(tmp_path / "chats.jsonl"), "--tokenizer_from", str(char_data),
                        "--block_size", "32", "--out_dir", str(tmp_path / "chat")])
-    train(*TINY, f"--dataset={tmp_path / 'chat'}", f"--out_dir={tmp_path / 'out'}", "--dropout=0.0",
+    train(*TINY_RUN, f"--dataset={tmp_path / 'chat'}", f"--out_dir={tmp_path / 'out'}", "--dropout=0.0",
           "--max_iters=40", "--lr_decay_iters=40", "--learning_rate=1e-2", "--eval_interval=40")
     log = read_log(tmp_path / "out")
     losses = [r["train_loss"] for r in log if "train_loss" in r]
     assert losses[0] > 3.0 and max(losses[-5:]) < 0.05 and log[-1]["val_loss"] < 0.05
 
 
-def test_a_run_fine_tuned_for_chat_grows_its_vocabulary_and_resumes_exactly(char_run, chat_data, tmp_path):
-    common = [*TINY, f"--dataset={chat_data}", f"--init_from={char_run}"]
+def test_a_run_fine_tuned_for_chat_grows_its_vocabulary_and_resumes_exactly(trained_run, chat_data, tmp_path):
+    common = [*TINY_RUN, f"--dataset={chat_data}", f"--init_from={trained_run}"]
     result = train(*common, f"--out_dir={tmp_path / 'whole'}", "--max_iters=8")
-    assert f"fine-tuning {char_run} in {tmp_path / 'whole'}" in result.stdout
-    base, chat = load(char_run), load(tmp_path / "whole")
+    assert f"fine-tuning {trained_run} in {tmp_path / 'whole'}" in result.stdout
+    base, chat = load(trained_run), load(tmp_path / "whole")
     # 65 characters and 4 chat tokens, in rows to a multiple of 64
     assert base["model_args"]["vocab_size"] == 65 and chat["model_args"]["vocab_size"] == 128
     assert chat["meta"]["chat"] and chat["meta"]["vocab_size"] == 69
     # stopped and resumed, it is the uninterrupted run bit for bit
     train(*common, f"--out_dir={tmp_path / 'cut'}", "--max_iters=4")
-    train(*TINY, f"--dataset={chat_data}", f"--out_dir={tmp_path / 'cut'}", "--init_from=resume", "--max_iters=8")
+    train(*TINY_RUN, f"--dataset={chat_data}", f"--out_dir={tmp_path / 'cut'}", "--init_from=resume", "--max_iters=8")
     assert_same_state(load(tmp_path / "cut"), chat)
     assert read_log(tmp_path / "cut") == read_log(tmp_path / "whole")
 
@@ -480,8 +469,8 @@ def test_a_run_fine_tuned_for_chat_grows_its_vocabulary_and_resumes_exactly(char
 def test_a_bpe_run_fine_tunes_for_chat_on_the_chat_tokens_it_has(bpe_data, tmp_path):
     prepare_chat.main(["--shakespeare", "--tokenizer_from", str(bpe_data), "--block_size", "32",
                        "--out_dir", str(tmp_path / "chat")])
-    train(*TINY, f"--dataset={bpe_data}", f"--out_dir={tmp_path / 'base'}", "--max_iters=2")
-    train(*TINY, f"--dataset={tmp_path / 'chat'}", f"--init_from={tmp_path / 'base'}",
+    train(*TINY_RUN, f"--dataset={bpe_data}", f"--out_dir={tmp_path / 'base'}", "--max_iters=2")
+    train(*TINY_RUN, f"--dataset={tmp_path / 'chat'}", f"--init_from={tmp_path / 'base'}",
           f"--out_dir={tmp_path / 'chat_run'}", "--max_iters=2")
     chat = load(tmp_path / "chat_run")
     assert chat["model_args"]["vocab_size"] == 512 and chat["meta"]["chat"]  # no row added
@@ -489,7 +478,7 @@ def test_a_bpe_run_fine_tunes_for_chat_on_the_chat_tokens_it_has(bpe_data, tmp_p
     (tmp_path / "other.txt").write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:20_000])
     prepare_shakespeare.main(["--input", str(tmp_path / "other.txt"), "--tokenizer", "bpe", "--vocab_size", "300",
                               "--out_dir", str(tmp_path / "other")])
-    result = train(*TINY, f"--dataset={tmp_path / 'other'}", f"--init_from={tmp_path / 'base'}",
+    result = train(*TINY_RUN, f"--dataset={tmp_path / 'other'}", f"--init_from={tmp_path / 'base'}",
                    f"--out_dir={tmp_path / 'refused'}", check=False)
     assert result.returncode != 0 and (f"was trained on another tokenizer's tokens (bpe) than {tmp_path / 'other'} "
                                        f"(bpe): prepare the data with --tokenizer_from set to the dataset that the run "
@@ -506,7 +495,7 @@ def test_openai_gpt2_grows_rows_for_the_chat_tokens(hf_dir, gpt2_chat_data, tmp_
 
 @pytest.mark.ddp
 def test_ddp_on_a_chat_dataset_matches_one_process(chat_data, tmp_path):
-    assert_ddp_matches_one_process([*TINY, f"--dataset={chat_data}", "--gradient_accumulation_steps=4"], tmp_path)
+    assert_ddp_matches_one_process([*TINY_RUN, f"--dataset={chat_data}", "--gradient_accumulation_steps=4"], tmp_path)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -514,9 +503,9 @@ def test_ddp_on_a_chat_dataset_matches_one_process(chat_data, tmp_path):
     (["--n_layer=3"], "n_layer=3 but the run in {run} has n_layer=2: a fine-tuned model keeps its shape"),
     (["--dataset={gpt2_chat}"], "{run} was trained on another tokenizer's tokens (char) than {gpt2_chat} (gpt2)"),
 ])
-def test_fine_tuning_a_run_says_what_does_not_fit(char_run, chat_data, gpt2_chat_data, tmp_path, args, message):
-    names = dict(run=char_run, gpt2_chat=gpt2_chat_data)
-    result = train(*TINY, f"--dataset={chat_data}", f"--init_from={char_run}", f"--out_dir={tmp_path}",
+def test_fine_tuning_a_run_says_what_does_not_fit(trained_run, chat_data, gpt2_chat_data, tmp_path, args, message):
+    names = dict(run=trained_run, gpt2_chat=gpt2_chat_data)
+    result = train(*TINY_RUN, f"--dataset={chat_data}", f"--init_from={trained_run}", f"--out_dir={tmp_path}",
                    *(a.format(**names) for a in args), check=False)
     assert result.returncode != 0 and message.format(**names) in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
@@ -534,7 +523,7 @@ def hellaswag_args(tmp_path_factory):
 def test_resume_is_exact_with_hellaswag(gpt2_data, hellaswag_args, tmp_path):
     # 3 is odd, so the cut run scores HellaSwag at its end where the full run does not; dropout is on, so
     # the scoring must not draw random numbers
-    common = [*TINY, *hellaswag_args, f"--dataset={gpt2_data}", "--gradient_accumulation_steps=1"]
+    common = [*TINY_RUN, *hellaswag_args, f"--dataset={gpt2_data}", "--gradient_accumulation_steps=1"]
     train(*common, f"--out_dir={tmp_path / 'full'}", "--max_iters=6")
     train(*common, f"--out_dir={tmp_path / 'cut'}", "--max_iters=3")
     result = train(*common, f"--out_dir={tmp_path / 'cut'}", "--init_from=resume", "--max_iters=6")
@@ -548,7 +537,7 @@ def test_resume_is_exact_with_hellaswag(gpt2_data, hellaswag_args, tmp_path):
 @pytest.mark.ddp
 def test_hellaswag_under_ddp_matches_one_process(gpt2_data, hellaswag_args, tmp_path):
     # the examples are split over the 2 gloo ranks and their counts summed
-    common = [*TINY, *hellaswag_args, f"--dataset={gpt2_data}", "--dropout=0.0", "--max_iters=2"]
+    common = [*TINY_RUN, *hellaswag_args, f"--dataset={gpt2_data}", "--dropout=0.0", "--max_iters=2"]
     train(*common, f"--out_dir={tmp_path / 'single'}")
     result = train(*common, f"--out_dir={tmp_path / 'ddp'}", launcher=TORCHRUN)
     assert result.stdout.count("iter 2: hellaswag acc") == 1
@@ -560,7 +549,7 @@ def test_hellaswag_under_ddp_matches_one_process(gpt2_data, hellaswag_args, tmp_
 
 
 def test_hellaswag_refuses_a_char_model(char_data, tmp_path):
-    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--hellaswag_interval=4", check=False)
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--hellaswag_interval=4", check=False)
     assert result.returncode != 0 and "HellaSwag needs a model with GPT-2's BPE tokenizer" in result.stderr
 
 
@@ -573,7 +562,7 @@ MODERN = ["--rope=True", "--norm=rmsnorm", "--qk_norm=True", "--mlp_act=relu2", 
 @pytest.fixture(scope="session")
 def muon_reference(char_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("muon_reference")
-    train(*TINY, *MODERN, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=12")
+    train(*TINY_RUN, *MODERN, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=12")
     return out
 
 
@@ -592,7 +581,7 @@ def test_muon_trains_the_modern_model_on_the_schedule(muon_reference):
 
 
 def test_resume_is_exact_with_muon(char_data, muon_reference, tmp_path):
-    common = [*TINY, *MODERN, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
+    common = [*TINY_RUN, *MODERN, f"--dataset={char_data}", f"--out_dir={tmp_path}"]
     train(*common, "--max_iters=9")
     train(f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=12")  # the switches come from the checkpoint
     assert_same_state(load(tmp_path), load(muon_reference))
@@ -606,7 +595,7 @@ def test_ddp_matches_one_process_with_muon(char_data, tmp_path, monkeypatch):
     # (torchrun's default per rank; else MKL's kernels may sum in another order) and one micro-batch
     # per rank, so that the all-reduced mean (g1 + g2) / 2 is exactly the one process's g1 / 2 + g2 / 2.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert_ddp_matches_one_process([*TINY, *MODERN, f"--dataset={char_data}", "--gradient_accumulation_steps=2"],
+    assert_ddp_matches_one_process([*TINY_RUN, *MODERN, f"--dataset={char_data}", "--gradient_accumulation_steps=2"],
                                    tmp_path)
 
 
@@ -634,7 +623,7 @@ def test_resume_keeps_the_optimizer_and_reads_older_checkpoints(char_data, refer
     (["--init_from=gpt2", "--rope=True"], "init_from=gpt2 loads GPT-2's architecture, which has no rope=True"),
 ])
 def test_modern_configuration_errors(char_data, tmp_path, args, message):
-    result = train(*TINY, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
 
