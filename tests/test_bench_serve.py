@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from bench.serve import PROMPT
 from conftest import run, save_run
 from model import GPT, GPTConfig
@@ -11,6 +13,7 @@ def bench(*args):
     return run("-m bench.serve", *args, check=False, timeout=300)
 
 
+@pytest.mark.slow
 def test_reports_each_number_of_streams():
     result = bench("--n_layer=1", "--n_head=2", "--n_embd=16", "--streams=1,3", "--max_tokens=4", "--repeats=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -21,11 +24,13 @@ def test_reports_each_number_of_streams():
     assert result.stdout.count("repeat ") == 4  # 2 repeats x 2 counts, interleaved
 
 
+@pytest.mark.slow
 def test_bad_streams():
     result = bench("--streams=1,four")
     assert result.returncode != 0 and "--streams=1,four: give numbers separated by commas" in result.stderr
 
 
+@pytest.mark.slow
 def test_serves_a_trained_run(tmp_path):
     # a checkpoint of a modern-recipe char model, streamed past its block_size (the ring cache)
     model = GPT(GPTConfig(vocab_size=65, block_size=8, n_layer=1, n_head=2, n_embd=16, rope=True, norm="rmsnorm"))
@@ -38,6 +43,7 @@ def test_serves_a_trained_run(tmp_path):
     assert re.search(r"^\s+2\s+[\d.]+ \(", result.stdout, re.MULTILINE), result.stdout
 
 
+@pytest.mark.slow
 def test_chats():
     result = bench("--chat", "--n_layer=1", "--n_head=2", "--n_embd=16", "--streams=1,2", "--max_tokens=4",
                    "--repeats=1")

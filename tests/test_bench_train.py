@@ -1,6 +1,8 @@
 import gzip
 import json
 
+import pytest
+
 from conftest import run
 from model import GPT, GPTConfig
 
@@ -9,6 +11,7 @@ def bench(*args):
     return run("-m bench.train", *args, check=False, timeout=300)
 
 
+@pytest.mark.slow
 def test_reads_a_train_config_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = bench("config/train_shakespeare_char_cpu.py", "--vocab_size=65", "--n_layer=1", "--batch_size=2",
@@ -25,6 +28,7 @@ def test_reads_a_train_config_and_writes_json(tmp_path):
     assert "optimizer step" in result.stdout
 
 
+@pytest.mark.slow
 def test_benches_the_modern_recipe_and_profiles(tmp_path):
     out = tmp_path / "bench.json"
     shape = ["--vocab_size=96", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2", "--block_size=16"]
@@ -43,6 +47,7 @@ def test_benches_the_modern_recipe_and_profiles(tmp_path):
     assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["trace-eager.json.gz"]
 
 
+@pytest.mark.slow
 def test_a_preset_gives_the_shape_and_flags_win_over_it(tmp_path):
     out = tmp_path / "bench.json"
     # config/train_gpt2.py sets GPT-2 124M's shape: the preset wins over the file, the flag over the preset
@@ -55,6 +60,7 @@ def test_a_preset_gives_the_shape_and_flags_win_over_it(tmp_path):
     assert report["params"] == GPT(shape).num_params(non_embedding=False)
 
 
+@pytest.mark.slow
 def test_bad_arguments():
     result = bench("--modes=eager,jit", "--n_layer=1", "--steps=1")
     assert result.returncode != 0 and "unknown mode 'jit'" in result.stderr

@@ -82,6 +82,7 @@ def test_matches_transformers_example_by_example(hf_dir):
     assert acc_norm * n == ((ref_losses / ref_counts).argmin(1) == labels).sum().item()
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_the_results():
     model = tiny_gpt2()
     tokenized = hellaswag.prepare(str(SAMPLE), get_tokenizer(None), BLOCK, limit=12)

@@ -277,6 +277,7 @@ def test_a_failed_drawing_warns_once_and_stops_redrawing(tmp_path, capsys):
     assert not redraw.enabled
 
 
+@pytest.mark.slow
 def test_a_broken_matplotlib_never_stops_training(char_data, tmp_path):
     # a matplotlib that importlib finds but that fails on import
     (tmp_path / "fake" / "matplotlib").mkdir(parents=True)

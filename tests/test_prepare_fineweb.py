@@ -222,6 +222,7 @@ def test_bpe_errors_are_one_line(sample, tmp_path):
         assert message in str(e.value.code) and "\n" not in str(e.value.code)
 
 
+@pytest.mark.slow
 def test_spawned_workers(sample, reference, tmp_path):
     # macOS and Windows start workers by spawning: they must import, not inherit, what they run
     script = tmp_path / "run.py"
@@ -239,6 +240,7 @@ def test_spawned_workers(sample, reference, tmp_path):
     assert _files(out_dir) == reference
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_run_at_once_and_keeps_what_is_whole(sample, tmp_path):
     # Ctrl-C reaches the whole process group. The run must end soon, with an error, no meta.json and only
     # whole shards: the workers ignore the signal, so the documents on their way still come back and the

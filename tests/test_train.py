@@ -68,6 +68,7 @@ def reference(char_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_overfits_one_batch(tmp_path):
     # one train window exactly, so every batch is the same batch
     rng = np.random.default_rng(0)
@@ -128,6 +129,7 @@ def test_checkpoints_are_plain_and_best_is_kept(reference):
     assert not list(reference.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes_exactly(char_data, tmp_path):
     common = [*TINY_RUN, f"--dataset={char_data}"]
     stopped = tmp_path / "stopped"
@@ -226,6 +228,7 @@ def test_the_minimal_gpt_quick_start_runs_at_accumulation_1(char_data, tmp_path)
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.split("\n---")[0]) == len("ROMEO:") + 20
 
 
+@pytest.mark.slow
 def test_the_minimal_gpt_large_model_line_means_what_it_says(char_data, tmp_path):
     cwd = user_dir(tmp_path, char_data)
     # GPT-2 124M's shape on characters, 4 micro-steps of 16: evaluated once instead of trained, which on a
@@ -237,6 +240,7 @@ def test_the_minimal_gpt_large_model_line_means_what_it_says(char_data, tmp_path
     assert "val_loss" in val
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_a_killed_run_bit_for_bit(char_data, tmp_path):
     common = [*TINY_RUN[:-1], f"--dataset={char_data}", "--eval_interval=3", "--warmup_iters=None",
               "--lr_decay_iters=None", "--max_iters=15"]
@@ -385,6 +389,7 @@ def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
                                "use --gradient_accumulation_steps=6, or a number of processes that divides 5") == 1
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_file(char_data, tmp_path):
     import resource
 

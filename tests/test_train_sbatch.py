@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -59,6 +60,7 @@ def steps_logged(out):
     return sum("train_loss" in line for line in (out / "log.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_the_time_limit_saves_requeues_and_the_job_goes_on(char_data, tmp_path):
     env, out = fake_slurm(tmp_path), tmp_path / "out"
     command = ["bash", str(REPO / "train.sbatch"), *TINY, f"--dataset={char_data}", f"--out_dir={out}"]
