@@ -266,6 +266,20 @@ def test_without_a_free_core_only_the_final_drawing_is_made(tmp_path):
     assert redraw.child.returncode == 0 and png_size(run_dir / "loss.png")[0] == 1200
 
 
+def test_a_drawing_under_way_is_not_waited_for_but_at_the_end(tmp_path):
+    run_dir = tmp_path / "run"
+    write_log(run_dir, steps(0, 9, 64))
+    redraw = plot.BackgroundPlot(str(run_dir))
+    redraw()
+    first = redraw.child
+    redraw()  # at the next eval, the first drawing is still under way: no second one beside it
+    assert redraw.child is first and first.poll() is None
+    redraw(final=True)  # the last must show the run's end: it waits for the first, then draws again
+    assert first.returncode == 0 and redraw.child is not first
+    redraw.child.wait(timeout=60)
+    assert redraw.child.returncode == 0 and png_size(run_dir / "loss.png")[0] == 1200
+
+
 def test_a_failed_drawing_warns_once_and_stops_redrawing(tmp_path, capsys):
     redraw = plot.BackgroundPlot(str(tmp_path / "no-run-here"))
     redraw()

@@ -11,6 +11,7 @@ import string
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -272,11 +273,24 @@ def test_auto_refuses_to_replace_another_runs_checkpoint(char_data, reference, t
     result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", check=False)
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0, result.stderr
     assert f"{tmp_path} holds the checkpoint of another run (n_layer=2 there, 3 here)" in result.stderr
+    # a run is also its data and its optimizer
+    for arg, why in ((f"--dataset={tmp_path}", f"dataset={str(char_data)!r} there, {str(tmp_path)!r} here"),
+                     ("--optimizer=muon", "optimizer='adamw' there, 'muon' here")):
+        result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", arg, check=False)
+        assert result.returncode != 0 and f"holds the checkpoint of another run ({why})" in result.stderr
     assert (tmp_path / "ckpt.pt").read_bytes() == (reference / "ckpt.pt").read_bytes()
     # --init_from=scratch starts over there, as asked
     train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--n_layer=3", "--init_from=scratch",
           "--max_iters=1")
     assert load(tmp_path)["model_args"]["n_layer"] == 3
+
+
+def test_the_learning_rate_warms_up_decays_and_stays_at_its_floor():
+    c = SimpleNamespace(learning_rate=1.0, min_lr=0.1, warmup_iters=3, lr_decay_iters=13)
+    lrs = [train_py.get_lr(it, c) for it in range(16)]
+    assert lrs[:3] == [0.25, 0.5, 0.75]  # a linear warmup that does not start at zero
+    assert lrs[3] == 1.0 and lrs[8] == pytest.approx(0.55) and lrs[13:] == [0.1] * 3  # cosine to min_lr, then min_lr
+    assert all(a > b for a, b in zip(lrs[3:13], lrs[4:14]))
 
 
 def test_progress_says_where_the_run_is_and_when_it_ends(char_data, reference):
@@ -330,6 +344,8 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--device=gpu"], "device='gpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
     (["--dtype=fp16"], "dtype='fp16': use one of 'auto', 'float32', 'bfloat16', 'float16'"),
     (["--init_from=gpt3"], "init_from='gpt3': use scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local"),
+    (["--init_from=gpt2"], "init_from=gpt2 needs a GPT-2 BPE dataset, but"),  # said before any download
+    (["--total_batch_size=0"], "total_batch_size=0: give a number of tokens, or None"),
 ])
 def test_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
