@@ -2,14 +2,25 @@
 The optimizer of a GPT: AdamW, as GPT-2 was trained, or Muon for the matrices of the blocks with
 AdamW for the rest (modded-nanogpt's and nanochat's recipe), chained so that the training loop,
 GradScaler and checkpoints see one optimizer.
+
+Muon is written here rather than taken from torch.optim.Muon, which it equals in bfloat16 (tested):
+that one orthogonalises in bfloat16 only, which a CPU without bfloat16 hardware (most laptops)
+computes several times slower than float32, and under FSDP it takes the local shard of a parameter
+for the matrix; here an FSDP shard is orthogonalised as the whole matrix.
 """
 
+import math
+
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from device import fast_bfloat16
 
 
 def configure_optimizers(model, weight_decay, learning_rate, betas, device_type, muon=None):
     """AdamW for a GPT; or, given muon=dict(lr=..., weight_decay=..., momentum=...), Muon for the
-    blocks' matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one."""
+    blocks' matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one.
+    Muon orthogonalises in bfloat16 where its matrix products are fast, else in float32."""
     hidden = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
     in_muon = {id(p) for p in hidden}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
@@ -22,8 +33,52 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, device_type,
     adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
     if not muon:
         return adamw
-    # "original" scales the rate by sqrt(max(1, out/in)), Keller Jordan's rule (modded-nanogpt's rates)
-    return ChainedOptimizer(adamw, torch.optim.Muon(hidden, nesterov=True, adjust_lr_fn="original", **muon))
+    dtype = torch.bfloat16 if fast_bfloat16(device_type) else torch.float32
+    return ChainedOptimizer(adamw, Muon(hidden, ns_dtype=dtype, **muon))
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D matrices: SGD with Nesterov momentum whose update is replaced by the nearest
+    semi-orthogonal matrix (its singular values taken to about 1), then scaled by
+    sqrt(max(1, rows / cols)), Keller Jordan's rule, which modded-nanogpt's rates assume. Weight
+    decay is decoupled, as AdamW's: the weights shrink by lr * weight_decay each step."""
+
+    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, ns_dtype=torch.bfloat16, ns_steps=5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns_dtype, self.ns_steps = ns_dtype, ns_steps
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = self.state[p]["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), self.ns_dtype, self.ns_steps)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * math.sqrt(max(1, p.shape[0] / p.shape[1])))
+
+
+def orthogonalise(g, dtype, steps):
+    """About U V^T of g = U S V^T: a quintic Newton-Schulz iteration in dtype, with Keller Jordan's
+    coefficients, which take the singular values near 1 (between about 0.7 and 1.2) in 5 steps
+    rather than exactly to 1 in more. An FSDP shard is orthogonalised as the whole matrix it is
+    part of: every rank gathers the matrix, and keeps its own part of the result."""
+    if isinstance(g, DTensor):
+        return distribute_tensor(orthogonalise(g.full_tensor(), dtype, steps), g.device_mesh, g.placements,
+                                 src_data_rank=None)
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(dtype)
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T  # X X^T is the smaller Gram matrix
+    x = x / x.norm().clamp(min=1e-7)  # singular values at most 1, where the iteration converges
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A^2) X
+    return x if wide else x.T
 
 
 class ChainedOptimizer:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from optim import ChainedOptimizer, configure_optimizers
+from optim import ChainedOptimizer, Muon, configure_optimizers, orthogonalise
 
 
 def test_weight_decay_groups():
@@ -60,3 +60,32 @@ def test_chained_optimizer_state_round_trip():
             assert torch.equal(t, resumed_opt["state"][i][key]), (i, key)
     with pytest.raises(ValueError, match="3 parameter groups, this one 2"):
         ChainedOptimizer(configure_optimizers(tiny_model(vocab_size=50), 0.1, 1e-3, (0.9, 0.95), "cpu")).load_state_dict(half_opt)
+
+
+@pytest.mark.parametrize("shape", [(96, 32), (32, 128), (64, 64)])
+def test_muon_in_bfloat16_is_torchs_muon(shape):
+    torch.manual_seed(0)
+    ours = torch.randn(*shape)
+    theirs = ours.clone()
+    a = Muon([ours], lr=0.02, momentum=0.9, weight_decay=0.01, ns_dtype=torch.bfloat16)
+    b = torch.optim.Muon([theirs], lr=0.02, momentum=0.9, weight_decay=0.01, nesterov=True, adjust_lr_fn="original")
+    for _ in range(4):
+        grad = torch.randn(*shape)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    assert torch.equal(ours, theirs)
+    assert torch.equal(a.state[ours]["momentum_buffer"], b.state[theirs]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_orthogonalise_takes_the_singular_values_near_one(dtype):
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(48, 16))
+    v, _ = torch.linalg.qr(torch.randn(16, 16))
+    g = u @ torch.diag(torch.logspace(-0.5, 1, 16)) @ v.T  # singular values over 1.5 decades
+    x = orthogonalise(g, dtype, steps=5).float()
+    # x = u f(s) v^T: the same singular vectors, each value taken to between about 0.7 and 1.2
+    d = u.T @ x @ v
+    assert x.shape == g.shape and (d - torch.diag(d.diagonal())).abs().max() < 0.02
+    assert d.diagonal().min() > 0.65 and d.diagonal().max() < 1.25
