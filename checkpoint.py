@@ -14,6 +14,12 @@ torch.load(weights_only=True) and nothing is ever unpickled:
     meta         the dataset's meta.json (tokenizer, vocab), so sampling needs no data directory
     rng          per-rank CPU (and CUDA) generator states
     loader       the train loader's position;  log_offset: bytes of log.jsonl written so far
+
+A run trained with FSDP (train.py --fsdp=True) writes its checkpoints sharded instead, each rank
+its part, with torch.distributed.checkpoint: out_dir/ckpt.pt is then the directory out_dir/ckpt/,
+its model and optimizer in shards that any number of ranks can read back, and the other fields
+in its train.pt. load_checkpoint reads either kind whole, so every script reads an FSDP run as
+any other. Only read sharded checkpoints you made: their index (.metadata) is a pickle.
 """
 
 import glob
@@ -22,8 +28,11 @@ import shutil
 import sys
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from atomic import write_atomically
+from atomic import live_dir, replace_dir, write_atomically
 from hf import from_pretrained
 from model import GPT, MODERN_SWITCHES, GPTConfig
 from tokenizer import get_tokenizer
@@ -41,7 +50,13 @@ def copy_checkpoint(source, path):
     write_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", weights=True):
+    """A checkpoint file, or the sharded checkpoint in its place, whole. weights=False reads only a
+    sharded checkpoint's other fields, as a resumed FSDP run loads its shards itself (restore_shards);
+    a file is read whole either way."""
+    shards = live_dir(sharded(path))
+    if not os.path.isfile(path) and shards:
+        return read_sharded(shards, device, weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -56,6 +71,76 @@ def model_from_checkpoint(ckpt, dropout=None):
     model = GPT(GPTConfig(**args))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def checkpoint_exists(path):
+    return os.path.isfile(path) or live_dir(sharded(path)) is not None
+
+
+# -----------------------------------------------------------------------------
+# sharded checkpoints, as FSDP runs write them
+
+FIELDS = "train.pt"  # a sharded checkpoint's fields but the model and the optimizer, in its directory
+
+
+def sharded(path):
+    """Where the sharded form of the checkpoint file path lives: out_dir/ckpt.pt -> out_dir/ckpt."""
+    return os.path.splitext(path)[0]
+
+
+def optimizers(optimizer):
+    return getattr(optimizer, "optimizers", [optimizer])  # optim.ChainedOptimizer's, or the one
+
+
+def save_shards(fields, model, optimizer, path):
+    """Every rank calls this: each writes its shards of the FSDP model and of the optimizer, rank 0
+    the other fields. The directory takes the place of the one before only once it is whole."""
+    directory = sharded(path)
+    tmp = f"{directory}.tmp"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # what a save that died part way left
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizers(optimizer))
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
+    if dist.get_rank() == 0:
+        torch.save(fields, os.path.join(tmp, FIELDS))
+        replace_dir(tmp, directory)
+    dist.barrier()
+
+
+def copy_shards(source, path):
+    """Rank 0 copies the sharded checkpoint of source to path's place, whole or not at all."""
+    directory = sharded(path)
+    shutil.rmtree(f"{directory}.tmp", ignore_errors=True)
+    shutil.copytree(sharded(source), f"{directory}.tmp")
+    replace_dir(f"{directory}.tmp", directory)
+
+
+def restore_shards(path, model, optimizer):
+    """Every rank calls this: the FSDP model and the optimizer take their shards of the sharded
+    checkpoint of path, however many ranks wrote it. As in restore_training, the optimizer keeps
+    this run's settings (betas, weight decay, fused kernel) and takes the saved moments and steps."""
+    model_state, optimizer_state = get_state_dict(model, optimizers(optimizer))
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=live_dir(sharded(path)))
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    set_state_dict(model, optimizers(optimizer), model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    for group, mine in zip(optimizer.param_groups, settings):
+        group.update(mine)
+
+
+def read_sharded(directory, device, weights):
+    """A sharded checkpoint read in one process, without torchrun: its fields, and with weights
+    its model's whole tensors (its optimizer's shards are left where they are)."""
+    try:
+        ckpt = torch.load(os.path.join(directory, FIELDS), map_location=device, weights_only=True)
+        if weights:
+            state = {"model": GPT(GPTConfig(**ckpt["model_args"])).state_dict()}
+            dcp.load(state, checkpoint_id=directory, no_dist=True)
+            ckpt["model"] = {name: tensor.to(device) for name, tensor in state["model"].items()}
+    except Exception as e:
+        raise ValueError(f"{directory} is not a readable sharded checkpoint (cut short or not ours?): {e}") from None
+    return ckpt
 
 
 def shape_mismatch(ckpt, asked, keys=SHAPE_KEYS):
@@ -76,23 +161,18 @@ def rng_state(device_type):
     return state
 
 
-def training_checkpoint(model, optimizer, scaler, loader, rngs, **fields):
-    """A training run's checkpoint: the bare model and its config, the optimizer, the loss scaler,
-    the train loader's position, every rank's rng_state, and fields (iter_num, best_val_loss,
-    config, meta, log_offset)."""
-    return dict(model=model.state_dict(), model_args=vars(model.config), optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(), loader=loader.state_dict(), rng=rngs, **fields)
-
-
 def restore_training(ckpt, optimizer, scaler, loader, rank, world_size, device_type):
     """Put a resumed run where its checkpoint left off, so that it goes on bit for bit as if it had
-    never stopped; returns (iter_num, best_val_loss). The model comes from model_from_checkpoint."""
+    never stopped; returns (iter_num, best_val_loss). The model comes from model_from_checkpoint
+    (or restore_shards)."""
     # The checkpoint gives the moments and step counts; betas, weight decay and the fused kernel are
-    # this run's (load_state_dict would otherwise bring back the saved run's settings over them).
-    saved = ckpt["optimizer"]
-    groups = [{**old, **{k: v for k, v in new.items() if k != "params"}}
-              for old, new in zip(saved["param_groups"], optimizer.param_groups)]
-    optimizer.load_state_dict({**saved, "param_groups": groups})
+    # this run's (load_state_dict would otherwise bring back the saved run's settings over them). A
+    # sharded checkpoint has none here: its ranks have read their shards (restore_shards).
+    if "optimizer" in ckpt:
+        saved = ckpt["optimizer"]
+        groups = [{**old, **{k: v for k, v in new.items() if k != "params"}}
+                  for old, new in zip(saved["param_groups"], optimizer.param_groups)]
+        optimizer.load_state_dict({**saved, "param_groups": groups})
     if ckpt["scaler"]:  # empty when the run did not scale (bf16/fp32): then nothing to restore
         scaler.load_state_dict(ckpt["scaler"])
     loader.load_state_dict(ckpt["loader"])
@@ -104,16 +184,25 @@ def restore_training(ckpt, optimizer, scaler, loader, rank, world_size, device_t
     return ckpt["iter_num"], ckpt["best_val_loss"]
 
 
+def runs_here(checkpoint):
+    """{run directory: its checkpoint's file} for the runs in the working directory that have a
+    checkpoint of that name, a file or sharded (then its FIELDS file, written last)."""
+    runs = {os.path.dirname(path): path for path in glob.glob(os.path.join("*", checkpoint))}
+    for path in glob.glob(os.path.join("*", sharded(checkpoint), FIELDS)):
+        runs[os.path.dirname(os.path.dirname(path))] = path
+    return runs
+
+
 def find_run(out_dir, checkpoint="ckpt.pt"):
     """The run to read: out_dir as given; with none given, the directory here whose checkpoint was
     written last, which is where train.py just trained (saying so on stderr)."""
     if out_dir:
         return out_dir
-    paths = glob.glob(os.path.join("*", checkpoint))
-    if not paths:
+    runs = runs_here(checkpoint)
+    if not runs:
         raise FileNotFoundError(f"no training run here (no */{checkpoint}): train one with `python train.py`, "
                                 "or give --out_dir=DIR, or --init_from=gpt2")
-    newest = os.path.dirname(max(paths, key=os.path.getmtime))
+    newest = max(runs, key=lambda run: os.path.getmtime(runs[run]))
     print(f"{newest}: the newest run here (--out_dir=DIR picks another)", file=sys.stderr)
     return newest
 
@@ -125,8 +214,8 @@ def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
     OSError or ValueError."""
     if init_from == "resume":
         path = os.path.join(find_run(out_dir, checkpoint), checkpoint)
-        if not os.path.isfile(path):
-            runs = sorted(os.path.dirname(p) for p in glob.glob(f"*/{checkpoint}"))
+        if not checkpoint_exists(path):
+            runs = sorted(runs_here(checkpoint))
             raise FileNotFoundError(f"no checkpoint at {path}: train one first, or point --out_dir at a run"
                                     + (f" (runs here: {', '.join(runs)})" if runs else ""))
         ckpt = load_checkpoint(path)

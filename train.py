@@ -6,6 +6,7 @@ Train a GPT on a CPU, one GPU, or many GPUs on one or several nodes.
   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py    # GPT-2 on one 8-GPU node
   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
       --rdzv_endpoint=HOST:29500 train.py config/train_gpt2.py              # each of 2 nodes
+  torchrun --standalone --nproc_per_node=8 train.py config/X.py --fsdp=True # a model past one GPU's memory
   sbatch train.sbatch config/train_gpt2.py                                  # Slurm, requeued on preemption
 
 Config files and --key=value (or --key value) flags change the defaults below, left to right.
@@ -26,6 +27,8 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
@@ -33,14 +36,17 @@ from atomic import write_atomically
 from chat_template import CHAT_TOKENS
 from checkpoint import (
     SHAPE_KEYS,
+    checkpoint_exists,
     copy_checkpoint,
+    copy_shards,
     load_checkpoint,
     model_from_checkpoint,
+    restore_shards,
     restore_training,
     rng_state,
     save_checkpoint,
+    save_shards,
     shape_mismatch,
-    training_checkpoint,
 )
 from configurator import configure
 from data import ShardLoader, dataset_dir, read_meta, whole_split_batches
@@ -115,6 +121,9 @@ DEFAULTS = dict(
     min_lr=None,  # None: learning_rate / 10
     # system
     backend="auto",  # DDP backend: nccl on CUDA, gloo on CPU
+    # under torchrun: shard the parameters, gradients and optimizer state over the processes (PyTorch's FSDP2)
+    # rather than keep a whole copy in each (DDP); checkpoints are then sharded too, each rank writing its part
+    fsdp=False,
     device="auto",  # cuda, mps or cpu, whichever is present; or e.g. 'cuda:1'
     dtype="auto",  # bfloat16 on GPUs that have it natively, else float16 with loss scaling; float32 on CPU
     compile=None,  # torch.compile; None: on CUDA only (on a CPU compiling costs more than it saves)
@@ -155,8 +164,8 @@ def configuration(argv):
     # scratch. A cluster that requeues a preempted job runs the same command again, and the run continues.
     ckpt, ckpt_path = None, os.path.join(out_dir, "ckpt.pt")
     if config["init_from"] == "auto":
-        if os.path.exists(ckpt_path):
-            ckpt = or_fail(load_checkpoint, ckpt_path)
+        if checkpoint_exists(ckpt_path):
+            ckpt = or_fail(load_checkpoint, ckpt_path, weights=False)
             why = other_run(ckpt, config)
             if why:
                 fail(f"{out_dir} holds the checkpoint of another run ({why}): give this run an --out_dir of its "
@@ -165,7 +174,7 @@ def configuration(argv):
 
     # Resuming starts from the run's own saved config; what this command line sets goes on top.
     if config["init_from"] == "resume":
-        ckpt = ckpt or or_fail(load_checkpoint, ckpt_path)
+        ckpt = ckpt or or_fail(load_checkpoint, ckpt_path, weights=False)
         mismatch = shape_mismatch(ckpt, overrides)
         if mismatch:
             key, saved, asked = mismatch
@@ -175,6 +184,10 @@ def configuration(argv):
         if overrides.get("optimizer", saved_optimizer) != saved_optimizer:
             fail(f"optimizer={overrides['optimizer']} but the run in {out_dir} trains with {saved_optimizer}: "
                  "a resumed run keeps its optimizer; use a new out_dir to change it")
+        saved_fsdp = ckpt["config"].get("fsdp", False)
+        if overrides.get("fsdp", saved_fsdp) != saved_fsdp:
+            fail(f"fsdp={overrides['fsdp']} but the run in {out_dir} trains with fsdp={saved_fsdp}, and its "
+                 "checkpoint is written so: a resumed run keeps it; use a new out_dir to change it")
         saved = {k: v for k, v in ckpt["config"].items() if k in DEFAULTS}
         config = {**DEFAULTS, **saved, **overrides, "init_from": "resume"}
 
@@ -196,9 +209,10 @@ def other_run(ckpt, config):
     saved_dataset = ckpt["config"].get("dataset", config["dataset"])
     if os.path.abspath(dataset_dir(saved_dataset)) != os.path.abspath(dataset_dir(config["dataset"])):
         return f"dataset={saved_dataset!r} there, {config['dataset']!r} here"
-    saved_optimizer = ckpt["config"].get("optimizer", "adamw")
-    if saved_optimizer != config["optimizer"]:
-        return f"optimizer={saved_optimizer!r} there, {config['optimizer']!r} here"
+    for key, default in (("optimizer", "adamw"), ("fsdp", False)):
+        saved = ckpt["config"].get(key, default)
+        if saved != config[key]:
+            return f"{key}={saved!r} there, {config[key]!r} here"
     mismatch = shape_mismatch(ckpt, config)
     return mismatch and f"{mismatch[0]}={mismatch[1]!r} there, {mismatch[2]!r} here"
 
@@ -227,10 +241,13 @@ def check_config(config):
     if total is not None and (not isinstance(total, int) or total < 1):
         fail(f"total_batch_size={total!r}: give a number of tokens, or None")
     choices = dict(dtype=("auto", *DTYPES), backend=("auto", "nccl", "gloo"), compile=(None, True, False),
-                   optimizer=("adamw", "muon"))
+                   optimizer=("adamw", "muon"), fsdp=(False, True))
     for key, allowed in choices.items():
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
+    if config["fsdp"] and config["hellaswag_interval"]:
+        fail("hellaswag_interval with fsdp=True: HellaSwag is not scored during sharded training yet; score the "
+             "run's checkpoint with hellaswag.py instead")
     init = config["init_from"]
     if init not in ("scratch", "resume", *PRESETS) and not os.path.exists(init):
         fail(f"init_from={init!r}: use scratch, resume, {', '.join(PRESETS)} or a local directory to fine-tune: a "
@@ -242,24 +259,30 @@ def check_config(config):
 
 def start_processes(c):
     """This process's place and device: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, on every node."""
-    ddp = "RANK" in os.environ
+    distributed = "RANK" in os.environ
     rank, local_rank, world_size = ((int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
-                                     int(os.environ["WORLD_SIZE"])) if ddp else (0, 0, 1))
+                                     int(os.environ["WORLD_SIZE"])) if distributed else (0, 0, 1))
+    if c.fsdp and not distributed:
+        fail("fsdp=True shards over torchrun's processes: launch with `torchrun --standalone --nproc_per_node=N "
+             "train.py ...` (N=1 works), or leave fsdp off")
     # the device and dtype this run uses: the settings' "auto" settled for this machine and process
     device, dtype = or_fail(resolve_device, c.device, c.dtype, local_rank)
     device_type = device.split(":")[0]
-    if ddp and device_type == "cuda" and torch.device(device).index != local_rank:
+    if distributed and device_type == "cuda" and torch.device(device).index != local_rank:
         fail(f"device={device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda or leave it auto")
     if device_type == "cuda":
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in float32
+    if c.fsdp and dtype == "float16":
+        fail("fsdp=True trains in bfloat16 or float32: float16's loss scaling is not sharded here; use "
+             "--dtype=bfloat16 (GPUs since Ampere) or --dtype=float32")
     if c.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed-order reductions; before its first use
         torch.use_deterministic_algorithms(True)
-    if ddp:
+    if distributed:
         dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if c.backend == "auto"
                                 else c.backend)
-    return SimpleNamespace(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
+    return SimpleNamespace(distributed=distributed, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
                            device=device, dtype=dtype, device_type=device_type, autocast=autocast_for(device, dtype))
 
 
@@ -299,8 +322,10 @@ def build_model(c, overrides, ckpt, data_dir, meta, loaders):
         vocab_size = meta["vocab_size"] if meta else 50304  # no meta.json: GPT-2 tokens, e.g. llm.c's shards
         settings = {**vars(c), "vocab_size": vocab_size}
         model = GPT(or_fail(GPTConfig, **{f.name: settings[f.name] for f in fields(GPTConfig)}))
-    elif c.init_from == "resume":
+    elif c.init_from == "resume" and "model" in ckpt:
         model = model_from_checkpoint(ckpt, dropout=c.dropout)  # dropout may change, the shape may not
+    elif c.init_from == "resume":  # a sharded checkpoint's weights: restore_shards, once the model is sharded
+        model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": c.dropout}))
     elif base_checkpoint(c.init_from):  # one of our runs, of any shape: fine-tuned on this dataset
         model = fine_tuned_run(c, overrides, data_dir, meta)
     else:
@@ -333,7 +358,7 @@ def build_model(c, overrides, ckpt, data_dir, meta, loaders):
 def base_checkpoint(init_from):
     """The checkpoint of the run that init_from names to fine-tune (its out_dir, or the file), or None."""
     path = init_from if os.path.isfile(init_from) else os.path.join(init_from, "ckpt.pt")
-    return path if os.path.isfile(path) else None
+    return path if checkpoint_exists(path) else None
 
 
 def fine_tuned_run(c, overrides, data_dir, meta):
@@ -366,8 +391,20 @@ def build_optimizer(c, model, p):
     return opt, scaler
 
 
-def wrap(model, use_compile, p):
-    """(the model to train: compiled where asked and in DDP under torchrun, the model to evaluate:
+def shard(model, p):
+    """FSDP2: each block a unit whose parameters are gathered for its forward and backward and freed
+    after, and the root last, which holds the rest: wte with the lm_head tied to it, wpe, ln_f. On a
+    GPU the gathered parameters are bfloat16 and the gradients reduced in float32."""
+    low = p.device_type == "cuda" and p.dtype == "bfloat16"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if low else \
+        MixedPrecisionPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def wrap(model, use_compile, ddp, p):
+    """(the model to train: compiled where asked and in DDP where asked, the model to evaluate:
     compiled but never in DDP, since ranks may run different numbers of eval batches)."""
     if use_compile:
         try:
@@ -376,7 +413,7 @@ def wrap(model, use_compile, p):
             torch._dynamo.config.suppress_errors = True
         except RuntimeError as e:  # e.g. a Python version or platform that dynamo does not support yet
             print(f"warning: torch.compile unavailable ({e}); running eager", file=sys.stderr)
-    if not p.ddp:
+    if not ddp:
         return model, model
     return DDP(model, device_ids=[p.local_rank] if p.device_type == "cuda" else None), model
 
@@ -402,9 +439,11 @@ def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_reques
         x, y = loader.next_batch()
         counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
         units_sum += (units[y.clamp(min=0)] * counted).sum()
-        # DDP all-reduces gradients in backward; only the last micro-step needs it
-        sync = not p.ddp or micro_step == accum_steps - 1
-        with nullcontext() if sync else model.no_sync():
+        # DDP all-reduces (FSDP reduce-scatters) gradients in backward; only the last micro-step needs it
+        sync = not p.distributed or micro_step == accum_steps - 1
+        if c.fsdp:
+            model.set_requires_gradient_sync(sync)
+        with nullcontext() if sync or c.fsdp else model.no_sync():
             with p.autocast:
                 _, loss = model(x, y)
             loss_sum += loss.detach()
@@ -414,6 +453,8 @@ def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_reques
     if c.grad_clip > 0:
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        if isinstance(grad_norm, DTensor):  # FSDP's sharded gradients give a norm that every rank holds whole
+            grad_norm = grad_norm.full_tensor()
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
@@ -421,7 +462,7 @@ def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_reques
     # cover, and whether any rank must stop
     stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,
                          torch.tensor(float(stop_requested), device=p.device)])
-    if p.ddp:
+    if p.distributed:
         dist.all_reduce(stats)
     loss, nats, text = stats[0].item() / p.world_size, stats[1].item(), stats[2].item()
     return loss, nats / text / math.log(2) if text else None, grad_norm, stats[3].item() > 0
@@ -439,13 +480,30 @@ def evaluate(model, eval_model, val_loader, data_dir, units, c, p):
         batches = (val_loader.next_batch() for _ in range(p.rank, eval_batches, p.world_size))
     else:
         batches = whole_split_batches(data_dir, "val", c.batch_size, c.block_size, p.rank, p.world_size)
+    if c.fsdp:
+        batches = in_lockstep(batches, c, p)
     sums = loss_sums(eval_model, batches, units, p.device, p.autocast)
     model.train()
-    if p.ddp:
+    if p.distributed:
         totals = torch.tensor(sums, dtype=torch.float64, device=p.device)
         dist.all_reduce(totals)
         sums = totals.tolist()
     return in_units(sums)
+
+
+def in_lockstep(batches, c, p):
+    """FSDP: every rank runs as many forward passes as the others, since each gathers parameters
+    from all of them. A rank whose batches are done runs empty ones (y = -1: nothing counted) until
+    no rank has any left: one small all-reduce a batch."""
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        more = torch.tensor(float(batch is not None), device=p.device)
+        dist.all_reduce(more)
+        if not more.item():
+            return
+        empty = torch.zeros(c.batch_size, c.block_size, dtype=torch.long)
+        yield batch if batch is not None else (empty, empty - 1)
 
 
 # -----------------------------------------------------------------------------
@@ -491,7 +549,7 @@ class RunLog:
         self.file.flush()
 
     def offset(self):
-        return self.file.tell()
+        return self.file.tell() if self.file else None
 
     def draw(self, final=False):
         if self.file:
@@ -505,21 +563,23 @@ class RunLog:
 
 
 def save(c, p, model, opt, scaler, loader, meta, log, iter_num, best_val_loss, best):
-    """Every rank calls this (the RNG states are gathered); rank 0 writes ckpt.pt, and best.pt if best."""
+    """Every rank calls this (the RNG states are gathered, FSDP's shards written by their ranks);
+    rank 0 writes ckpt.pt, and best.pt if best: files, or FSDP's sharded directories."""
     rngs = [None] * p.world_size
-    if p.ddp:
+    if p.distributed:
         dist.all_gather_object(rngs, rng_state(p.device_type))
     else:
         rngs[0] = rng_state(p.device_type)
-    if not p.master:
-        return
     path = os.path.join(c.out_dir, "ckpt.pt")
+    fields = dict(model_args=vars(model.config), scaler=scaler.state_dict(), loader=loader.state_dict(), rng=rngs,
+                  iter_num=iter_num, best_val_loss=best_val_loss, config=vars(c), meta=meta, log_offset=log.offset())
     try:
-        save_checkpoint(training_checkpoint(model, opt, scaler, loader, rngs, iter_num=iter_num,
-                                            best_val_loss=best_val_loss, config=vars(c), meta=meta,
-                                            log_offset=log.offset()), path)
-        if best:
-            copy_checkpoint(path, os.path.join(c.out_dir, "best.pt"))
+        if c.fsdp:
+            save_shards(fields, model, opt, path)
+        elif p.master:
+            save_checkpoint({**fields, "model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+        if best and p.master:
+            (copy_shards if c.fsdp else copy_checkpoint)(path, os.path.join(c.out_dir, "best.pt"))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write (full disk, quota) as a RuntimeError
         reason = getattr(e, "strerror", None) or "the write failed"
         fail(f"cannot write a checkpoint in {c.out_dir} at iter {iter_num} ({reason}, "
@@ -563,7 +623,7 @@ def announce(c, p, overrides, ckpt, model, iter_num, accum_steps, tokens_per_ite
     else:
         start = f"{'a new run' if c.init_from == 'scratch' else 'fine-tuning ' + c.init_from} in {c.out_dir}"
     print(f"{start} | {model.num_params() / 1e6:.2f}M parameters | device {p.device}, {p.dtype}, "
-          f"{p.world_size} process(es) | {tokens_per_iter:,} tokens per iteration = {p.world_size} x {accum_steps} "
+          f"{p.world_size} process(es){', sharded (FSDP)' if c.fsdp else ''} | {tokens_per_iter:,} tokens per iteration = {p.world_size} x {accum_steps} "
           f"micro-steps x {c.batch_size} x {c.block_size} | {c.max_iters:,} iterations, "
           f"{tokens(c.max_iters * tokens_per_iter)}")
     if c.init_from == "resume" and iter_num >= c.max_iters and not c.eval_only:
@@ -601,14 +661,18 @@ def main(argv):
     units = torch.tensor(tokenizer.units_per_token(), device=p.device)  # characters or bytes: losses in bits per unit
     if c.hellaswag_interval:
         hellaswag_examples = or_fail(hellaswag.prepare, c.hellaswag_file, tokenizer, raw_model.config.block_size)
+    if c.fsdp:
+        shard(raw_model, p)  # before the optimizer, which must hold the sharded parameters
     opt, scaler = build_optimizer(c, raw_model, p)
     iter_num, best_val_loss = 0, float("inf")
     torch.manual_seed(c.seed + 1 + p.rank)  # each rank its own dropout stream
     if ckpt is not None:  # where the saved run left off: the optimizer, the scaler, the loader and each rank's RNG
+        if c.fsdp:
+            restore_shards(os.path.join(c.out_dir, "ckpt.pt"), raw_model, opt)
         iter_num, best_val_loss = restore_training(ckpt, opt, scaler, train_loader, p.rank, p.world_size,
                                                    p.device_type)
     use_compile = p.device_type == "cuda" if c.compile is None else c.compile
-    model, eval_model = wrap(raw_model, use_compile, p)
+    model, eval_model = wrap(raw_model, use_compile, p.distributed and not c.fsdp, p)
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(p.device)) if p.device_type == "cuda" else None
     log = RunLog(c, p, ckpt, {"iter": iter_num, "dataset": os.path.abspath(data_dir), "max_iters": c.max_iters,
                               "tokens_per_iter": tokens_per_iter, "bits_per": tokenizer.unit})
@@ -686,7 +750,7 @@ def main(argv):
     if p.master and stop:
         print(f"stopped by signal at iter {iter_num}: checkpoint in {c.out_dir}; "
               + ("the same command again continues it" if auto_resume else "continue with --init_from=resume"))
-    if p.ddp:
+    if p.distributed:
         # Leave together, and skip C++'s teardown at exit: a gloo rank sometimes aborted there ("terminate
         # called without an active exception"; 2 runs in 12 without the barrier, still 1 in about 30 with
         # it). Everything is written by now: the checkpoint, and log.jsonl, flushed at every line.
