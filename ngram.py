@@ -268,14 +268,18 @@ def sample(model, tokenizer, start, max_new_tokens, rng):
     return "".join(text)
 
 
+def default_out_dir(dataset):
+    """out-ngram-<dataset>, e.g. out-ngram-shakespeare-char, as train.py's runs go to out-<dataset>."""
+    return "out-ngram-" + os.path.basename(os.path.normpath(dataset)).replace("_", "-")
+
+
 def fail(message):
     raise SystemExit(f"error: {message}")
 
 
 def main(argv):
     config, _ = configure(DEFAULTS, argv, usage=__doc__)
-    if not config["out_dir"]:
-        config["out_dir"] = "out-ngram-" + os.path.basename(os.path.normpath(config["dataset"])).replace("_", "-")
+    config["out_dir"] = config["out_dir"] or default_out_dir(config["dataset"])
     c = SimpleNamespace(**config)
     if c.order < 1:
         fail(f"order={c.order}: it must be at least 1 (1 unigram, 2 bigram, ...)")

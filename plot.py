@@ -11,7 +11,8 @@ Loss curves of training runs, drawn from their out_dir/log.jsonl.
 Panels: train loss (smoothed, the raw values faint), val loss, and where a log has them
 HellaSwag accuracy, learning rate and tokens/s; one colour per run, labelled by its directory.
 --baselines NGRAM_DIR adds to the val panel the n-gram baselines that ngram.py recorded in its
-out_dir. --x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and
+out_dir; without it, those in ngram.py's default out_dir for the runs' dataset (out-ngram-<dataset>
+here), if there are any. --x=tokens counts the tokens trained on instead of steps; --bits draws the losses (and
 the baselines) in bits per character for char datasets or per UTF-8 byte for BPE ones, the scale
 on which runs of different tokenizers compare: in nats per token only the n-grams of the runs' own
 dataset are drawn, with --bits those of any dataset of the same text, e.g. the character n-grams
@@ -32,7 +33,7 @@ import sys
 import numpy as np
 
 from atomic import write_atomically
-from ngram import BASELINES_FILE, read_baselines
+from ngram import BASELINES_FILE, default_out_dir, read_baselines
 
 FORMATS = ("png", "svg", "pdf")
 WIDTH, ROW_HEIGHT, DPI = 12, 3.5, 100  # inches, and pixels per inch: a PNG is 1200 px wide, 350 px a row
@@ -111,6 +112,9 @@ def reference_lines(logs, refs, bits=False, ngram_dirs=()):
     ngram_dirs (--baselines), in nats per token or with bits in bits, then refs. Another dataset's
     n-grams may count other tokens than the runs', so their lines are drawn only in bits."""
     datasets = {dataset for _, dataset in logs}
+    if not ngram_dirs:  # ngram.py's own out_dir for the runs' dataset, where it writes by default
+        ngram_dirs = [d for d in map(default_out_dir, sorted(filter(None, datasets)))
+                      if os.path.isfile(os.path.join(d, BASELINES_FILE)) and read_baselines(d)[0] in datasets]
     lines = []
     for directory in ngram_dirs:
         recorded = read_baselines(directory)
@@ -121,7 +125,7 @@ def reference_lines(logs, refs, bits=False, ngram_dirs=()):
         if not bits and dataset not in datasets:
             raise ValueError(f"--baselines {directory}: the n-grams of another dataset ({dataset}) compare with "
                              "a run's losses only in bits per character or byte; add --bits")
-        name = f" ({os.path.basename(dataset)})" if len(ngram_dirs) > 1 else ""
+        name = "" if dataset in datasets else f" ({os.path.basename(dataset)})"
         lines += [(f"{order}-gram KN{name}", b[VAL[bits]]) for order, b in baselines.items()]
     return lines + list(refs)
 

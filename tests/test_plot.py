@@ -116,15 +116,17 @@ def test_baselines_adds_another_datasets_ngrams_in_bits(tmp_path, capsys, monkey
                     {"iter": 19, "val_loss": 3.0, "val_bits": 2.17}])
     logs = [plot.read_log(run)]
     assert plot.reference_lines(logs, [], bits=True, ngram_dirs=[bpe, chars]) == [
-        ("6-gram KN (bpe)", 2.18), ("3-gram KN (chars)", 2.94), ("7-gram KN (chars)", 2.19)]
+        ("6-gram KN", 2.18), ("3-gram KN (chars)", 2.94), ("7-gram KN (chars)", 2.19)]
     assert plot.reference_lines(logs, [], bits=True, ngram_dirs=[bpe]) == [("6-gram KN", 2.18)]
+    # without --baselines, ngram.py's default out_dir for the run's dataset, here out-ngram-bpe
+    assert plot.reference_lines(logs, [], bits=True) == [("6-gram KN", 2.18)]
     assert plot.reference_lines(logs, [], ngram_dirs=[bpe]) == [("6-gram KN", 3.01)]  # the run's own tokens
     assert plot_main(capsys, run, "--out=bits.png", "--bits", "--baselines", "out-ngram-chars") == (0, "")
     assert png_size(tmp_path / "bits.png") == (1200, 700)
     # --ymax: the loss panels end there, and a line above it is not labelled in the margin
     train, val, lr, _ = plot.draw([run], "capped.png", bits=True, ngram_dirs=[bpe, chars], ymax=2.5).axes
     assert train.get_ylim()[1] == val.get_ylim()[1] == 2.5 and lr.get_ylim()[1] < 0.01
-    assert [t.get_text() for t in val.texts] == ["6-gram KN (bpe) 2.180", "7-gram KN (chars) 2.190"]
+    assert [t.get_text() for t in val.texts] == ["6-gram KN 2.180", "7-gram KN (chars) 2.190"]
 
     for args, error in [(["--baselines", "out-ngram-chars"], f"error: --baselines out-ngram-chars: the n-grams of "
                          f"another dataset ({chars_data}) compare with a run's losses only in bits per character or "
