@@ -127,7 +127,6 @@ def validation_message(errors):
     return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
 
 
-
 async def api_error(request, e):
     return error_response(e.status, e.message, e.kind)
 
@@ -147,6 +146,7 @@ async def crashed(request, e):  # logged by uvicorn; the client gets no stack tr
 # every error, ours, pydantic's and Starlette's alike, goes to the client as OpenAI's JSON error
 ERROR_HANDLERS = {ApiError: api_error, RequestValidationError: invalid_body, HTTPException: http_error,
                   Exception: crashed}
+
 
 class Choice:
     """One choice's text as it streams: whole characters only, and nothing past a stop string. A chat

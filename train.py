@@ -517,6 +517,12 @@ class RunLog:
         self.file, self.wandb = None, None
         if not p.master:
             return
+        if c.wandb_log:
+            try:
+                import wandb
+            except ImportError:
+                fail("wandb_log=True needs Weights & Biases: pip install wandb")
+            self.wandb = wandb
         path = os.path.join(c.out_dir, "log.jsonl")
         or_fail(os.makedirs, c.out_dir, exist_ok=True)
         if ckpt is not None and os.path.exists(path):  # drop what was logged after the checkpoint: redone steps
@@ -530,13 +536,8 @@ class RunLog:
         # core (a laptop CPU run), a drawing beside a step made that step 10x slower, so it waits for the end
         training_threads = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         self.plot = BackgroundPlot(c.out_dir, live=p.device_type != "cpu" or (os.cpu_count() or 1) > training_threads)
-        if c.wandb_log:
-            try:
-                import wandb
-            except ImportError:
-                fail("wandb_log=True needs Weights & Biases: pip install wandb")
-            wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=vars(c))
-            self.wandb = wandb
+        if self.wandb:
+            self.wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=vars(c))
 
     def __call__(self, record):
         if self.file:
@@ -558,8 +559,11 @@ class RunLog:
     def close(self):
         if self.file:
             self.file.close()
-            if self.wandb:
-                self.wandb.finish()
+
+    def finish(self):
+        """Marks a run that ended well as finished in wandb; one that failed, wandb marks as it exits."""
+        if self.wandb:
+            self.wandb.finish()
 
 
 def save(c, p, model, opt, scaler, loader, meta, log, iter_num, best_val_loss, best):
@@ -709,7 +713,7 @@ def main(argv):
                 improved = val_loss < best_val_loss
                 best_val_loss = min(best_val_loss, val_loss)
                 if iter_num > 0 and (improved or c.always_save_checkpoint or iter_num >= c.max_iters):
-                    save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, improved)
+                    save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, best=improved)
                     saved_at = iter_num
                 progress.eval_seconds = time.perf_counter() - t_eval
             if iter_num >= c.max_iters or stop:
@@ -743,7 +747,7 @@ def main(argv):
             iter_num += 1
 
         if not c.eval_only and saved_at != iter_num:
-            save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, False)
+            save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, best=False)
         log.draw(final=True)
     finally:
         log.close()
@@ -756,6 +760,8 @@ def main(argv):
         # it). Everything is written by now: the checkpoint, and log.jsonl, flushed at every line.
         dist.barrier()
         dist.destroy_process_group()
+    log.finish()
+    if p.distributed:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -1,7 +1,9 @@
 """
-What several test files share: a script of the repo run as a user runs it, Tiny Shakespeare
-prepared as a char dataset and with a trained BPE vocabulary, tiny models, a run's checkpoint written as train.py writes one, and
-text that tokenizers must give back as it was.
+What several test files share: a script of the repo run as a user runs it, as a process (run) or
+its main in this process (run_main, main_error); Tiny Shakespeare prepared as a char dataset and
+with a trained BPE vocabulary; tiny models, a run's checkpoint written as train.py writes one
+(save_run) and a tiny run that train.py trained (trained_run); text that tokenizers must give back
+as it was; and the markers' rule: a torchrun or browser test is slow too.
 """
 
 import io
@@ -67,15 +69,20 @@ def run(script, *args, launcher=PYTHON, check=True, timeout=600, cwd=REPO, **kwa
 def run_main(main, *args, cwd=REPO):
     """A script's main(args) in this process, as `python SCRIPT ARGS` runs it but without starting
     Python and importing torch again: a CompletedProcess with its exit status, stdout and stderr (a
-    SystemExit's message goes to stderr, as Python's exit writes it). What a run changes in the
-    process is put back after it: the working directory, the signal handlers, torch's deterministic
-    mode. loss.png is not drawn: its child process would only take a core from the tests."""
+    SystemExit's message goes to stderr, as Python's exit writes it). It runs as a process outside
+    torchrun would (no RANK in its environment), and what it changes in this one is put back after
+    it: the working directory, the environment, the signal handlers, torch's random generator and
+    deterministic mode. loss.png is not drawn: its child process would only take a core from the
+    tests."""
     stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    here = os.getcwd()
+    here, rng, deterministic = os.getcwd(), torch.get_rng_state(), torch.are_deterministic_algorithms_enabled()
+    outside_torchrun = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     try:
         os.chdir(cwd)
-        with redirect_stdout(stdout), redirect_stderr(stderr), mock.patch("plot.BackgroundPlot.__call__"):
+        with redirect_stdout(stdout), redirect_stderr(stderr), mock.patch.dict(os.environ, outside_torchrun,
+                                                                              clear=True), \
+                mock.patch("plot.BackgroundPlot.__call__"):
             main([str(a) for a in args])
     except SystemExit as e:
         if isinstance(e.code, str):
@@ -85,7 +92,8 @@ def run_main(main, *args, cwd=REPO):
         os.chdir(here)
         for s, handler in handlers.items():
             signal.signal(s, handler)
-        torch.use_deterministic_algorithms(False)
+        torch.set_rng_state(rng)
+        torch.use_deterministic_algorithms(deterministic)
     return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 
 

@@ -68,7 +68,7 @@ def test_help_lists_the_settings_and_nothing_else(capsys):
         chat.main(["--help"])
     assert e.value.code == 0
     flags = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
-    assert flags == [f"--{key}" for key in chat.DEFAULTS]  # not tokenizer's END, which chat.py imports
+    assert flags == [f"--{key}" for key in chat.DEFAULTS]  # not chat_template's END, which chat.py imports
 
 
 def readme_block(name):

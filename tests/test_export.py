@@ -175,4 +175,4 @@ def test_help_lists_the_settings_and_nothing_else(capsys):
         export_py.main(["--help"])
     assert e.value.code == 0
     flags = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
-    assert flags == ["--out_dir", "--checkpoint", "--to"]  # not tokenizer's END, which export.py imports
+    assert flags == ["--out_dir", "--checkpoint", "--to"]  # not chat_template's END, which export.py imports

@@ -245,9 +245,12 @@ def wait_for(path, timeout=60):
 
 
 @pytest.mark.ddp
-def test_ddp_training_redraws_its_loss_png(char_data, tmp_path):
+def test_ddp_training_redraws_its_loss_png(char_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={out}", launcher=TORCHRUN, timeout=300)
+    # a bigram line from ngram.py's default out_dir in the directory train.py runs in
+    ngram_dir(tmp_path / ngram.default_out_dir(str(char_data)), char_data, {2: (2.48, 3.58)})
+    result = run("train.py", *TINY, f"--dataset={char_data}", f"--out_dir={out}", launcher=TORCHRUN, timeout=300,
+                 cwd=tmp_path)
     assert "loss.png" not in result.stderr
     wait_for(out / "loss.png")  # drawn by a child process that may outlive the run
     assert png_size(out / "loss.png") == (1200, 700)  # train, val, lr, tokens/s
@@ -255,6 +258,8 @@ def test_ddp_training_redraws_its_loss_png(char_data, tmp_path):
     assert dataset == str(char_data) and sorted(series["val_loss"]) == [0, 4, 8]
     # 2 ranks x 1 micro-step x 4 x 16 tokens a step, read back from the step records
     assert list(plot.tokens_at(series, [1, 8], out)) == [128, 8 * 128]
+    monkeypatch.chdir(tmp_path)  # what the drawing read, from where train.py ran
+    assert plot.reference_lines([(series, dataset)], []) == [("2-gram KN", 2.48)]
 
 
 def test_without_a_free_core_only_the_final_drawing_is_made(tmp_path):

@@ -358,6 +358,7 @@ def test_help_lists_the_settings_and_nothing_else(capsys):
     assert flags == ["init_from", "out_dir", "checkpoint", "host", "port", "device", "dtype", "max_prompt_tokens",
                      "max_tokens", "max_n", "max_batch", "max_concurrent"]
 
+
 def wait_idle(client, seconds=3.0):
     """How long until the server reports no active request (fails after `seconds`)."""
     t0 = time.monotonic()
@@ -431,7 +432,6 @@ def chromium():
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 def test_the_page_in_a_browser(server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -678,7 +678,6 @@ def endless_chat_server(tmp_path_factory):
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 def test_the_chat_page_in_a_browser(endless_chat_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
