@@ -53,6 +53,7 @@ from data import ShardLoader, dataset_dir, read_meta, whole_split_batches
 from device import DTYPES, autocast_for, gpu_peak_flops, resolve_device
 from evaluate import in_units, loss_sums
 from hf import from_pretrained
+from memory import describe, estimate, what_fits
 from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
@@ -380,6 +381,19 @@ def fine_tuned_run(c, overrides, data_dir, meta):
     return model
 
 
+def check_memory(c, p, config):
+    """What a rank will hold for a model of config (memory.py's estimate, {part: bytes}); on a GPU
+    too small for it, one line that names a setting that would make it fit."""
+    settings = dict(fsdp=c.fsdp, muon=c.optimizer == "muon", half=p.dtype != "float32",
+                    activation_checkpointing=c.activation_checkpointing)
+    if p.device_type == "cuda":
+        why = what_fits(config, c.batch_size, p.world_size, capacity=torch.cuda.get_device_properties(p.device)
+                        .total_memory, **settings)
+        if why:
+            fail(why)
+    return estimate(config, c.batch_size, p.world_size, **settings)
+
+
 def build_optimizer(c, model, p):
     """AdamW, or Muon and AdamW, and the loss scaler that float16 needs."""
     muon = dict(lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.muon_weight_decay) if c.optimizer == "muon" \
@@ -660,7 +674,9 @@ def main(argv):
     p = start_processes(c)
     accum_steps, tokens_per_iter = batch_shape(c, p.world_size)
     data_dir, meta, train_loader, val_loader = load_data(c, p)
-    raw_model = build_model(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader)).to(p.device)
+    raw_model = build_model(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader))  # on the CPU
+    memory = check_memory(c, p, raw_model.config)  # before the device holds any of it
+    raw_model.to(p.device)
     tokenizer = or_fail(get_tokenizer, meta)
     units = torch.tensor(tokenizer.units_per_token(), device=p.device)  # characters or bytes: losses in bits per unit
     if c.hellaswag_interval:
@@ -682,6 +698,7 @@ def main(argv):
                               "tokens_per_iter": tokens_per_iter, "bits_per": tokenizer.unit})
     if p.master:
         announce(c, p, overrides, ckpt, raw_model, iter_num, accum_steps, tokens_per_iter)
+        print(f"memory a process holds, estimated: {describe(memory)}")
     auto_resume = overrides.get("init_from", DEFAULTS["init_from"]) == "auto"  # a config file's or a flag's
     ckpt = None  # free its memory
     stop_signals = catch_stop_signals()

@@ -268,6 +268,7 @@ def test_the_bare_command_trains_the_char_model_on_the_shipped_text(char_data, t
     first = result.stdout.splitlines()[0]
     assert first.startswith("a new run in out-shakespeare-char | ")
     assert "16,384 tokens per iteration = 1 x 1 micro-steps x 64 x 256 | 2 iterations, 32,768 tokens" in first
+    assert result.stdout.splitlines()[1].startswith("memory a process holds, estimated: weights 0.00 GB, gradients")
     ckpt = load(tmp_path / "out-shakespeare-char")
     assert ckpt["meta"]["tokenizer"] == "char" and ckpt["config"]["dataset"] == "shakespeare_char"
     assert ckpt["model_args"]["block_size"] == 256 and ckpt["model_args"]["dropout"] == 0.2
@@ -772,6 +773,13 @@ MEANING = {
     **{f"eval_{name.replace('-', '_')}.py": dict(init_from=name, dataset="fineweb_edu", block_size=1024, batch_size=8,
                                                  eval_iters=500, eval_only=True)
        for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")},
+    # FSDP's: sharded, their activations checkpointed
+    "finetune_gpt2_xl_fsdp.py": dict(init_from="gpt2-xl", dataset="shakespeare", fsdp=True,
+                                     activation_checkpointing=True, block_size=1024, batch_size=1,
+                                     gradient_accumulation_steps=32, learning_rate=1e-5, decay_lr=False, max_iters=20),
+    "train_gpt2_xl_fsdp.py": dict(GPT2, n_layer=48, n_head=25, n_embd=1600, fsdp=True, activation_checkpointing=True,
+                                  total_batch_size=1048576, batch_size=16, learning_rate=2e-4, min_lr=2e-5,
+                                  max_iters=9537, warmup_iters=358, hellaswag_interval=0),
     # the chat configs: what they set
     "chat_shakespeare_char_cpu.py": dict(init_from="out-shakespeare-char-cpu", dataset="shakespeare_chat",
                                          batch_size=12, block_size=64, dropout=0.0, learning_rate=1e-3, max_iters=300,
@@ -805,7 +813,8 @@ def test_each_config_starts(name, char_data, bpe_data, gpt2_data, chat_data, gpt
     data = dict(shakespeare_char=char_data, shakespeare_bpe512=bpe_data, shakespeare_chat=chat_data,
                 smoltalk=gpt2_chat_data).get(meaning["dataset"], gpt2_data)
     tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_iters=1",
-            "--max_iters=1", "--device=cpu", "--compile=False", "--hellaswag_interval=0"]
+            "--max_iters=1", "--device=cpu", "--compile=False", "--hellaswag_interval=0",
+            "--fsdp=False"]  # in this process; FSDP starts under torchrun in its own tests
     if "total_batch_size" in meaning:
         tiny.append("--total_batch_size=128")
     if meaning.get("init_from") == "out-shakespeare-char-cpu":  # the quick start's run, here a tiny one
