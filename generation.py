@@ -18,6 +18,8 @@ class KVCache:
         self.k = self.v = None
 
     def append(self, k, v):
+        if self.length and k.size(2) != 1:  # the model's attention is causal only over a whole prompt
+            raise ValueError("a KV cache takes a prompt, then one token at a time")
         if self.k is None:  # allocated on first use, in whatever dtype autocast gives k and v
             B, n_head, _, head_size = k.shape
             self.k = k.new_empty(B, n_head, self.max_len, head_size)

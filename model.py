@@ -3,6 +3,10 @@ GPT-2: the model, and its FLOPs and MFU. GPTConfig's switches beyond GPT-2 (RoPE
 are opt-in; off, it is GPT-2 exactly. Its optimizer lives in optim.py, generation in
 generation.py, the Hugging Face bridge in hf.py.
 
+It reads top to bottom as notebooks/gpt_from_scratch.ipynb builds it: the config, attention, the
+MLP, the block, the GPT. What only the options beyond GPT-2 and CPU speed need sits below the
+line at the end.
+
 Parameter names are GPT-2's own (transformer.wte, .wpe, .h.N.attn.c_attn, ...), so
 weights map one to one with OpenAI's checkpoints.
 """
@@ -66,37 +70,6 @@ PRESETS = {
 GPT2_VOCAB_SIZE = 50257
 # the fields that depart from GPT-2 when set away from their defaults, which are GPT-2 as it was
 MODERN_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap")
-ROPE_BASE = 10000.0
-
-
-def rope_angles(pos, head_size):
-    """cos and sin of RoPE's angles pos * ROPE_BASE^(-2i/head_size): (T, head_size/2) for positions
-    (T,) shared by the batch, (B, 1, T, head_size/2) for each row's own positions (B, T)."""
-    inv_freq = ROPE_BASE ** -(torch.arange(0, head_size, 2, device=pos.device, dtype=torch.float32) / head_size)
-    angles = pos.float()[..., None] * inv_freq
-    if pos.dim() == 2:
-        angles = angles[:, None]  # the heads of a row share its positions
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    """Rotate the channel pairs (i, i + head_size/2) of x (B, n_head, T, head_size) by their
-    position's angles. A query at m and a key at n then score by m - n alone: positions are relative."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def sliding_window_mask(T, block_size, device):
-    """(T, T), True where a query may attend: itself and the block_size - 1 tokens before it."""
-    distance = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)
-    return (distance >= 0) & (distance < block_size)
-
-
-def rms_norm(x):
-    """Unit RMS over the last dimension, no gain (QK-norm). Autocast may compute it in float32:
-    cast back, since SDPA wants q, k and v in one dtype."""
-    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -115,7 +88,8 @@ class CausalSelfAttention(nn.Module):
         """rope: (cos, sin) of the tokens' positions, for a model with rotary embeddings.
         mask: True where a query may attend, broadcastable to (B, n_head, T, keys): a sliding window
         (a RoPE model reading past block_size) or rows at positions of their own (serve.py's
-        engine). Without one, attention is causal."""
+        engine). Without one, attention is causal. cache: the keys and values of the tokens
+        before x (generation.KVCache), which x's are appended to."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size), the layout SDPA wants
@@ -124,14 +98,11 @@ class CausalSelfAttention(nn.Module):
             q, k = rms_norm(q), rms_norm(k)
         if rope is not None:  # cached keys are stored rotated, at their own positions
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        causal = mask is None  # a mask says itself which keys each query sees
         if cache is not None:
-            if mask is None:
-                # a prompt into an empty cache is causal as usual; a new token attends to everything cached
-                causal = cache.length == 0
-                if not causal and T != 1:
-                    raise ValueError("a KV cache takes a prompt, then one token at a time")
             k, v = cache.append(k, v)
+        # Causal when the queries are all the keys. A new token after cached ones sees every key, and
+        # SDPA's causal mask would not do for it: it aligns the diagonal to the first key, not the last.
+        causal = mask is None and k.size(2) == T
         # Dispatches to flash attention on GPUs; dropout_p must be 0 in eval, SDPA does not know the mode.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
@@ -140,35 +111,9 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-# GPT-2's GELU is 0.5 x (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3); 2z = x (C1 + C3 x^2)
-GELU_C1 = math.sqrt(8 / math.pi)
-GELU_C3 = GELU_C1 * 0.044715
-
-
-class SigmoidGELU(torch.autograd.Function):
-    """GPT-2's GELU as x * sigmoid(2z): the same function, since 0.5 (1 + tanh(z)) = sigmoid(2z).
-    PyTorch's CPU tanh is slow: on a 2-core AVX2 machine this forward and backward together take a
-    third of the time of F.gelu(approximate="tanh"). It keeps the sigmoid for backward, which costs
-    one more saved activation of the MLP's width."""
-
-    @staticmethod
-    def forward(ctx, x):
-        s = (x * x).mul_(GELU_C3).add_(GELU_C1).mul_(x).sigmoid_()
-        ctx.save_for_backward(x, s)
-        return x * s
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # s was computed outside autograd: no second derivative
-    def backward(ctx, grad):
-        # s = sigmoid(u), u = 2z = x (C1 + C3 x^2): d(x s)/dx = s (1 + (1 - s) t), t = x du/dx = x (C1 + 3 C3 x^2)
-        x, s = ctx.saved_tensors
-        t = (x * x).mul_(3 * GELU_C3).add_(GELU_C1).mul_(x)
-        t.addcmul_(t, s, value=-1.0)  # t * (1 - s) without another temporary
-        return t.add_(1.0).mul_(s).mul_(grad)
-
-
 def gelu(x):
-    """GPT-2's GELU (the tanh approximation, which it was trained with)."""
+    """GPT-2's GELU (the tanh approximation, which it was trained with). On CPUs in float32 it is
+    SigmoidGELU, at the end of this file: the same function, faster."""
     if x.device.type == "cpu" and x.dtype == torch.float32:
         return SigmoidGELU.apply(x)
     return F.gelu(x, approximate="tanh")  # one fused kernel on GPUs; bf16 keeps F.gelu's float math
@@ -346,3 +291,67 @@ class GPT(nn.Module):
         if not peak_flops:
             return None
         return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops
+
+
+# ----------------------------------------------------------------------------------------------
+# Below this line nothing that GPT-2 computes: the options beyond it (RoPE, QK-norm, a sliding
+# window) and a faster way to compute GPT-2's GELU on CPUs.
+
+ROPE_BASE = 10000.0
+
+
+def rope_angles(pos, head_size):
+    """cos and sin of RoPE's angles pos * ROPE_BASE^(-2i/head_size): (T, head_size/2) for positions
+    (T,) shared by the batch, (B, 1, T, head_size/2) for each row's own positions (B, T)."""
+    inv_freq = ROPE_BASE ** -(torch.arange(0, head_size, 2, device=pos.device, dtype=torch.float32) / head_size)
+    angles = pos.float()[..., None] * inv_freq
+    if pos.dim() == 2:
+        angles = angles[:, None]  # the heads of a row share its positions
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the channel pairs (i, i + head_size/2) of x (B, n_head, T, head_size) by their
+    position's angles. A query at m and a key at n then score by m - n alone: positions are relative."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def sliding_window_mask(T, block_size, device):
+    """(T, T), True where a query may attend: itself and the block_size - 1 tokens before it."""
+    distance = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)
+    return (distance >= 0) & (distance < block_size)
+
+
+def rms_norm(x):
+    """Unit RMS over the last dimension, no gain (QK-norm). Autocast may compute it in float32:
+    cast back, since SDPA wants q, k and v in one dtype."""
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
+
+
+# GPT-2's GELU is 0.5 x (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3); 2z = x (C1 + C3 x^2)
+GELU_C1 = math.sqrt(8 / math.pi)
+GELU_C3 = GELU_C1 * 0.044715
+
+
+class SigmoidGELU(torch.autograd.Function):
+    """GPT-2's GELU as x * sigmoid(2z): the same function, since 0.5 (1 + tanh(z)) = sigmoid(2z).
+    PyTorch's CPU tanh is slow: on a 2-core AVX2 machine this forward and backward together take a
+    third of the time of F.gelu(approximate="tanh"). It keeps the sigmoid for backward, which costs
+    one more saved activation of the MLP's width."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = (x * x).mul_(GELU_C3).add_(GELU_C1).mul_(x).sigmoid_()
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # s was computed outside autograd: no second derivative
+    def backward(ctx, grad):
+        # s = sigmoid(u), u = 2z = x (C1 + C3 x^2): d(x s)/dx = s (1 + (1 - s) t), t = x du/dx = x (C1 + 3 C3 x^2)
+        x, s = ctx.saved_tensors
+        t = (x * x).mul_(3 * GELU_C3).add_(GELU_C1).mul_(x)
+        t.addcmul_(t, s, value=-1.0)  # t * (1 - s) without another temporary
+        return t.add_(1.0).mul_(s).mul_(grad)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from generation import beam_search, generate, next_logits, sample_token
+from generation import KVCache, beam_search, generate, next_logits, sample_token
 
 
 def generated(model, idx, n, **kwargs):
@@ -23,6 +23,16 @@ def assert_cache_matches_no_cache(model, idx):
         with_cache = generated(model, idx, 40, kv_cache=True, **kwargs)
         without = generated(model, idx, 40, kv_cache=False, **kwargs)
         assert torch.equal(with_cache, without), kwargs
+
+
+def test_cache_refuses_several_tokens_after_the_prompt():
+    # the model's attention would not be causal among them: one clear error instead of wrong logits
+    model = tiny_model(vocab_size=20).eval()
+    caches = [KVCache(16) for _ in model.transformer.h]
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), kv_caches=caches)
+        with pytest.raises(ValueError, match="a KV cache takes a prompt, then one token at a time"):
+            model(torch.tensor([[4, 5]]), kv_caches=caches)
 
 
 def test_greedy_without_cache_is_argmax_of_the_last_block():
