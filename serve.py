@@ -52,6 +52,7 @@ DEFAULTS = dict(
     max_concurrent=32,  # requests in flight, waiting ones included; more are refused with 429
 )
 PAGE = Path(__file__).resolve().parent / "assets" / "serve.html"
+MAX_LOGPROBS = 20  # the most alternatives a token's top_logprobs may list, as vLLM's default
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
 
 
@@ -81,10 +82,11 @@ class Sampling(BaseModel):
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[str, List[str]] = ""
-    max_tokens: int = Field(16, ge=1)  # OpenAI's default
-    echo: bool = False
-    logprobs: Optional[int] = None
+    # text, several texts, or tokens (a list of ids, or a list of such lists), one choice per prompt
+    prompt: Union[str, List[str], List[int], List[List[int]]] = ""
+    max_tokens: int = Field(16, ge=0)  # OpenAI's default; 0 with echo scores the prompt only
+    echo: bool = False  # the choice's text starts with the prompt, and its logprobs with the prompt's
+    logprobs: Optional[int] = None  # the N most likely tokens at each position
     suffix: Optional[str] = None
     best_of: Optional[int] = None
 
@@ -122,8 +124,11 @@ def validation_message(errors):
     if not loc:
         return "the body must be a JSON object of settings, e.g. {\"prompt\": \"Hello\"}"
     # the two unions fail once per alternative: one message says what either may be
-    if loc[0] in ("prompt", "stop"):
-        return f"{loc[0]}: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
+    if loc[0] == "prompt":
+        return (f"prompt: Input should be a string, a list of strings, a list of token ids or a list of such "
+                f"lists, got {json.dumps(first['input'])[:60]}")
+    if loc[0] == "stop":
+        return f"stop: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
     return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
 
 
@@ -155,18 +160,22 @@ class Choice:
     def __init__(self, tokenizer, stop, stop_token, chat):
         self.decode, self.stop, self.stop_token = tokenizer.stream_decoder(skip_special=chat), stop, stop_token
         self.text, self.sent, self.tokens, self.finish_reason = "", 0, 0, None
+        self.logprobs = []  # (token, where its text starts, the engine's logprobs) of each token, if asked
+        self.cut = False  # whether a stop string ended the text
 
-    def add(self, token, finish):
+    def add(self, token, finish, logprobs=None):
         """Take the engine's event; returns the text that may go to the client now."""
         if token is not None:
             self.tokens += 1
+            if logprobs is not None:
+                self.logprobs.append((token, len(self.text), logprobs))
             if token != self.stop_token:
                 self.text += self.decode(token)
         if finish:
             self.text += self.decode(None)  # bytes of a character that max_tokens cut in two
         hits = [i for i in (self.text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0]
         if hits:
-            self.text, finish = self.text[:min(hits)], "stop"
+            self.text, finish, self.cut = self.text[:min(hits)], "stop", True
         safe = len(self.text)
         if not finish:
             # hold back a tail that may be the start of a stop string
@@ -175,31 +184,36 @@ class Choice:
         self.finish_reason = finish
         return piece
 
+    def kept_logprobs(self):
+        """The logprobs of the tokens whose text the choice kept: a stop string's tokens are left out."""
+        return [entry for entry in self.logprobs if not self.cut or entry[1] < len(self.text)]
+
 
 class Generation:
     """One request's choices as the engine generates them: submitted when made, read by run()."""
 
-    def __init__(self, engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat):
+    def __init__(self, engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat, logprobs=None,
+                 echo_logprobs=False):
         loop, self.events, self.n = asyncio.get_running_loop(), asyncio.Queue(), body.n
         self.jobs = []
         for p, tokens in enumerate(prompts):
-            def on_event(choice, token, finish, first=p * body.n):  # called from the engine's thread
-                loop.call_soon_threadsafe(self.events.put_nowait, (first + choice, token, finish))
+            def on_event(choice, token, finish, logprobs, first=p * body.n):  # called from the engine's thread
+                loop.call_soon_threadsafe(self.events.put_nowait, (first + choice, token, finish, logprobs))
             self.jobs.append(engine.submit(Job(tokens, on_event, body.n, max_tokens, body.temperature, body.top_k,
-                                               body.top_p, body.seed, stop_token)))
+                                               body.top_p, body.seed, stop_token, logprobs, echo_logprobs)))
         self.choices = [Choice(tokenizer, stop, stop_token, chat) for _ in range(len(prompts) * body.n)]
         self.usage = {"prompt_tokens": sum(map(len, prompts))}
 
     async def run(self, request):
         """(index, text) as the choices grow, until all have finished or the client has left."""
         try:
-            async for index, token, finish in engine_events(self.events, request):
+            async for index, token, finish, logprobs in engine_events(self.events, request):
                 choice = self.choices[index]
                 if choice.finish_reason:
                     continue  # tokens drawn in the step that a stop string ended it
                 if finish == "error":
                     raise ApiError(500, "generation failed; the server's log says why", "server_error")
-                text = choice.add(token, finish)
+                text = choice.add(token, finish, logprobs)
                 if choice.finish_reason:  # a stop string ends the text while the engine's row goes on
                     self.jobs[index // self.n].cancel(index % self.n)
                 yield index, text
@@ -237,7 +251,7 @@ def model_info(model, tokenizer, trained, name, device, dtype):
     tok = f"{tokenizer.kind} ({'BPE, ' if tokenizer.kind == 'gpt2' else ''}{tokenizer.vocab_size})"
     return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local",
             "parameters": model.num_params(non_embedding=False), "tokenizer": tok, "chat": bool(tokenizer.chat_tokens),
-            "block_size": model.config.block_size, "iter_num": trained["iter_num"],
+            "block_size": model.config.block_size, "rope": model.config.rope, "iter_num": trained["iter_num"],
             "best_val_loss": trained["best_val_loss"], "device": device, "dtype": dtype}
 
 
@@ -267,16 +281,18 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
     async def models():
         return {"object": "list", "data": [info]}
 
-    def start(prompts, body, max_tokens, stop, stop_token, chat):
+    def start(prompts, body, max_tokens, stop, stop_token, chat, logprobs=None, echo_logprobs=False):
         if engine.active() + len(prompts) > limits["max_concurrent"]:
             raise ApiError(429, f"the server is busy: {limits['max_concurrent']} requests in flight "
                                 f"(--max_concurrent); try again shortly", "rate_limit_error")
-        return Generation(engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat)
+        return Generation(engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat, logprobs,
+                          echo_logprobs)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prompts, stop = check_completion_request(body, tokenizer, info, limits)  # token lists, stop strings
-        generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, chat=False)
+        generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, False, body.logprobs,
+                           body.echo and body.logprobs is not None)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": info["id"]}
 
@@ -287,8 +303,12 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
         if not body.stream:
             async for _ in generation.run(request):
                 pass
-            return {**head, "choices": [choice(i, c.text) for i, c in enumerate(generation.choices)],
-                    "usage": generation.usage}
+            choices = [choice(i, c.text) for i, c in enumerate(generation.choices)]
+            if body.echo or body.logprobs is not None:
+                for i, c in enumerate(choices):
+                    job = generation.jobs[i // body.n]
+                    c["text"], c["logprobs"] = completion_logprobs(tokenizer, job, generation.choices[i], body.echo)
+            return {**head, "choices": choices, "usage": generation.usage}
         return generation.stream(request, body, head, lambda index, text: [] if index is None
                                  else [{**head, "choices": [choice(index, text)]}])
 
@@ -323,6 +343,35 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
     return app
 
 
+def completion_logprobs(tokenizer, job, choice, echo):
+    """A completion choice's text and its logprobs in OpenAI's legacy shape (None unless the job asked
+    for them): tokens, token_logprobs, top_logprobs and text_offset, the prompt's first (echo) with
+    null for its first token, which nothing precedes. Each top_logprobs lists the job's N most likely
+    tokens and the token itself, as OpenAI's and vLLM's do; tokens that spell the same text (pieces of
+    one character) share a key."""
+    decode, prompt_text, offsets = tokenizer.stream_decoder(), "", []
+    for token in job.prompt if echo else []:
+        offsets.append(len(prompt_text))
+        prompt_text += decode(token)
+    prompt_text += decode(None)
+    text = prompt_text + choice.text
+    if job.logprobs is None:
+        return text, None
+    entries = list(zip(job.prompt, offsets, [None] + job.prompt_logprobs)) if echo else []
+    entries += [(token, len(prompt_text) + offset, scores) for token, offset, scores in choice.kept_logprobs()]
+
+    def name(token):
+        return tokenizer.decode([token])
+
+    def top(token, scores):
+        return None if scores is None else {**{name(t): lp for t, lp in scores[1]}, name(token): scores[0]}
+
+    return text, {"tokens": [name(t) for t, _, _ in entries],
+                  "token_logprobs": [None if s is None else s[0] for _, _, s in entries],
+                  "top_logprobs": [top(t, s) for t, _, s in entries],
+                  "text_offset": [offset for _, offset, _ in entries]}
+
+
 def check_shared_settings(body, max_tokens, info, limits):
     """The stop strings, or an ApiError for what both kinds of request may get wrong."""
     if body.model not in (None, info["id"]):
@@ -345,25 +394,47 @@ def check_shared_settings(body, max_tokens, info, limits):
 def check_completion_request(body, tokenizer, info, limits):
     """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
     stop = check_shared_settings(body, body.max_tokens, info, limits)
-    for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
-        if getattr(body, key) != off:
-            raise ApiError(400, f"{key}: not supported by this server; leave it out")
+    if body.suffix is not None:
+        raise ApiError(400, "suffix: not supported by this server; leave it out")
     if body.best_of not in (None, body.n):
         raise ApiError(400, "best_of: not supported by this server; leave it out")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    check_logprobs("logprobs", body.logprobs)
+    if body.stream and (body.echo or body.logprobs is not None):
+        raise ApiError(400, "echo and logprobs: not supported with stream; leave stream out to get them")
+    prompt = body.prompt
+    # one prompt (a string, or a list of token ids), or a list of them
+    prompts = [prompt] if isinstance(prompt, str) or prompt and isinstance(prompt[0], int) else prompt
     if not prompts:
-        raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
+        raise ApiError(400, "prompt: an empty list; give a string, a list of strings or a list of token ids")
     check_choice_count(len(prompts), body.n, limits)
     tokens = []
-    for text in prompts:
-        try:
-            tokens.append(encode_prompt(tokenizer, text))
-        except ValueError as e:  # characters a char-level model never saw
-            raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+    for p in prompts:
+        if isinstance(p, str):
+            try:
+                tokens.append(encode_prompt(tokenizer, p))
+            except ValueError as e:  # characters a char-level model never saw
+                raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+        else:
+            bad = [t for t in p if not 0 <= t < tokenizer.vocab_size]
+            if not p:
+                raise ApiError(400, "prompt: an empty list of token ids; give at least one")
+            if bad:
+                raise ApiError(400, f"prompt: token id {bad[0]} is not in this model's vocabulary (ids 0 to "
+                                    f"{tokenizer.vocab_size - 1})")
+            tokens.append(p)
         if len(tokens[-1]) > limits["max_prompt_tokens"]:
             raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
                                 f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
+        if body.echo and body.logprobs is not None and not info["rope"] and len(tokens[-1]) > info["block_size"]:
+            raise ApiError(400, f"prompt: {len(tokens[-1])} tokens, more than the {info['block_size']} that this "
+                                "model's learned positions score at once (echo with logprobs); shorten it")
     return tokens, stop
+
+
+def check_logprobs(key, n):
+    if n is not None and not 0 <= n <= MAX_LOGPROBS:
+        raise ApiError(400, f"{key}: {n}; it may be 0 to {MAX_LOGPROBS}, the most tokens this server lists at "
+                            "each position")
 
 
 def check_chat_request(body, tokenizer, info, limits):

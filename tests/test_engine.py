@@ -35,7 +35,7 @@ class Collector:
     def __init__(self):
         self.events = queue.Queue()
 
-    def __call__(self, choice, token, finish):
+    def __call__(self, choice, token, finish, logprobs):
         self.events.put((choice, token, finish))
 
     def wait(self, n, timeout=30):

@@ -225,7 +225,10 @@ def test_a_vocabulary_learned_here_greedy_equals_sample_py(tmp_path):
     (b'{"prompt": "ROMEO:", ', 400, "the body is not valid JSON"),
     (b'["ROMEO:"]', 400, "the body must be a JSON object"),
     (b'{"max_tokens": "ten"}', 400, 'max_tokens: Input should be a valid integer, got "ten"'),
-    (b'{"prompt": 5}', 400, "prompt: Input should be a string or a list of strings, got 5"),
+    (b'{"prompt": 5}', 400, "prompt: Input should be a string, a list of strings, a list of token ids or a list of "
+                            "such lists, got 5"),
+    (b'{"prompt": [3, "a"]}', 400, "prompt: Input should be a string, a list of strings"),
+    (b'{"prompt": [3, 65]}', 400, "prompt: token id 65 is not in this model's vocabulary (ids 0 to 64)"),
     (b'{"stream": "yes"}', 400, "stream: Input should be a valid boolean"),
     (b'{"temperature": -0.5}', 400, "temperature: Input should be greater than or equal to 0, got -0.5"),
     (b'{"top_p": 0}', 400, "top_p: Input should be greater than 0, got 0"),
@@ -236,7 +239,8 @@ def test_a_vocabulary_learned_here_greedy_equals_sample_py(tmp_path):
     ('{"prompt": "ROMEO: \u00e9t\u00e9 \u4e16"}'.encode(), 400, "prompt: characters not in the vocabulary: '\u00e9\u4e16'"),
     (b'{"prompt": "' + b"a" * 2049 + b'"}', 400, "prompt: 2049 tokens is above this server's limit of 2048"),
     (b'{"stop": ["", "x"]}', 400, "stop: up to 4 strings, none of them empty"),
-    (b'{"logprobs": 1}', 400, "logprobs: not supported"),
+    (b'{"logprobs": 21}', 400, "logprobs: 21; it may be 0 to 20"),
+    (b'{"echo": true, "stream": true}', 400, "echo and logprobs: not supported with stream"),
     (b'{"model": "gpt-4"}', 404, "model 'gpt-4' is not served here; this server serves 'out-tiny'"),
 ])
 def test_bad_input_is_a_clear_4xx(api, body, status, message):
@@ -265,11 +269,16 @@ NOT_SUPPORTED = "not supported by this server; leave it out"
     ({"max_tokens": LONG + 1}, 400, f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
     ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop: up to 4 strings, none of them empty"),
     ({"stop": ""}, 400, "stop: up to 4 strings, none of them empty"),
-    ({"echo": True}, 400, f"echo: {NOT_SUPPORTED}"),
-    ({"logprobs": 0}, 400, f"logprobs: {NOT_SUPPORTED}"),
+    ({"logprobs": -1}, 400, "logprobs: -1; it may be 0 to 20, the most tokens this server lists at each position"),
+    ({"logprobs": 1, "stream": True}, 400,
+     "echo and logprobs: not supported with stream; leave stream out to get them"),
+    ({"prompt": [[1, 2], []]}, 400, "prompt: an empty list of token ids; give at least one"),
+    ({"prompt": [-1]}, 400, "prompt: token id -1 is not in this model's vocabulary (ids 0 to 64)"),
+    ({"prompt": "a" * 17, "echo": True, "logprobs": 0}, 400, "prompt: 17 tokens, more than the 16 that this "
+     "model's learned positions score at once (echo with logprobs); shorten it"),
     ({"suffix": "!"}, 400, f"suffix: {NOT_SUPPORTED}"),
     ({"best_of": 2}, 400, f"best_of: {NOT_SUPPORTED}"),
-    ({"prompt": []}, 400, "prompt: an empty list; give a string or a list of strings"),
+    ({"prompt": []}, 400, "prompt: an empty list; give a string, a list of strings or a list of token ids"),
     ({"prompt": ["O", "Ay"], "n": 3}, 400, "n: 2 prompt(s) x n=3 choices is above this server's limit of 4 (--max_n)"),
     ({"prompt": ["O", "\u00e9t\u00e9"]}, 400,
      "prompt: characters not in the vocabulary: '\u00e9'; this model knows only the characters it was trained on"),
@@ -288,6 +297,97 @@ def test_check_completion_request_gives_tokens_and_stop_strings(char_served):
     assert tokens == [encode_prompt(tokenizer, "ROMEO:"), encode_prompt(tokenizer, "")] and stop == ["\n"]
     body = serve.CompletionRequest(prompt="O", stop=["a", "b", "c", "d"], max_tokens=LONG)
     assert serve.check_completion_request(body, tokenizer, info, LIMITS)[1] == ["a", "b", "c", "d"]
+
+
+def model_logprobs(model, tokens):
+    """log-softmax of the model's logits (T-1, V) at each position of tokens but the last: a direct
+    forward pass, what the server's logprobs must equal."""
+    idx = torch.tensor([tokens])
+    with torch.no_grad():
+        logits, _ = model(idx, targets=idx)
+    return logits[0, :-1].float().log_softmax(-1)
+
+
+def test_echoed_logprobs_are_the_models_own(api, char_served):
+    """A prompt scored (echo, max_tokens 0) as text or as token ids, alone or with others: the numbers of
+    a forward pass of the model, the first token's null."""
+    model, tokenizer, _ = char_served
+    prompts = ["ROMEO: Ay, me!", "O", "What light"]
+    tokens = [tokenizer.encode(p) for p in prompts]
+    got = complete(api, prompt=prompts[0], echo=True, logprobs=3, max_tokens=0)
+    (choice,) = got["choices"]
+    assert (choice["text"], choice["finish_reason"], got["usage"]["completion_tokens"]) == (prompts[0], "length", 0)
+    lp = choice["logprobs"]
+    want = model_logprobs(model, tokens[0])
+    assert lp["tokens"] == list(prompts[0]) and lp["text_offset"] == list(range(len(prompts[0])))
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == want.gather(1, torch.tensor(tokens[0][1:])[:, None])[:, 0].tolist()
+    for row, top, token in zip(want, lp["top_logprobs"][1:], prompts[0][1:]):
+        values, ids = row.topk(3)
+        assert top == {**{tokenizer.decode([i]): v for i, v in zip(ids.tolist(), values.tolist())},
+                       token: row[tokenizer.stoi[token]].item()}
+    # the same as token ids; and each prompt of a list (scored together) as alone
+    assert complete(api, prompt=tokens[0], echo=True, logprobs=3, max_tokens=0)["choices"][0] == choice
+    together = complete(api, prompt=tokens, echo=True, logprobs=3, max_tokens=0)["choices"]
+    assert [c["index"] for c in together] == [0, 1, 2] and together[0] == choice
+    for c, p in zip(together, prompts):
+        assert c == {**complete(api, prompt=p, echo=True, logprobs=3, max_tokens=0)["choices"][0], "index": c["index"]}
+    assert together[1]["logprobs"]["token_logprobs"] == [None]  # one token: nothing scores it
+
+
+def test_generated_tokens_logprobs(api, char_served):
+    """The drawn tokens' logprobs, after the echoed prompt's: the model's own distribution (before
+    temperature), a greedy token the most likely of its top_logprobs; text_offset into the echoed text."""
+    model, tokenizer, _ = char_served
+    got = complete(api, prompt="KING:", echo=True, logprobs=2, max_tokens=8, temperature=0)["choices"][0]
+    lp = got["logprobs"]
+    assert "".join(lp["tokens"]) == got["text"] and got["text"].startswith("KING:") and len(lp["tokens"]) == 13
+    assert lp["text_offset"] == list(range(13))
+    want = model_logprobs(model, tokenizer.encode(got["text"]))
+    chosen = want.gather(1, torch.tensor(tokenizer.encode(got["text"])[1:])[:, None])[:, 0].tolist()
+    assert lp["token_logprobs"][1:] == pytest.approx(chosen, abs=1e-5)  # generation reads its KV cache
+    assert all(lp["token_logprobs"][i] == max(lp["top_logprobs"][i].values()) for i in range(5, 13))
+    # without echo: the generated tokens only, offsets into the completion's text
+    plain = complete(api, prompt="KING:", logprobs=2, max_tokens=8, temperature=0)["choices"][0]
+    assert plain["text"] == got["text"][5:] and plain["logprobs"]["text_offset"] == list(range(8))
+    assert plain["logprobs"]["token_logprobs"] == lp["token_logprobs"][5:]
+    # sampled at temperature 2, the logprobs are still the model's, and a stop string leaves out its tokens
+    hot = complete(api, prompt="KING:", logprobs=0, max_tokens=8, temperature=2.0, seed=1)["choices"][0]
+    assert hot["logprobs"]["token_logprobs"] == pytest.approx(
+        model_logprobs(model, tokenizer.encode("KING:" + hot["text"]))[4:].gather(
+            1, torch.tensor(tokenizer.encode(hot["text"]))[:, None])[:, 0].tolist(), abs=1e-5)
+    cut = complete(api, prompt="KING:", logprobs=0, max_tokens=8, temperature=2.0, seed=1, stop=hot["text"][3])
+    assert cut["choices"][0]["logprobs"]["tokens"] == list(hot["text"][:hot["text"].index(hot["text"][3])])
+
+
+def test_scores_served_with_generations_are_as_alone(api):
+    """Scoring requests among generating ones: the prompts' numbers as alone, bit for bit (each prompt
+    is scored by a forward pass of its own); the drawn tokens the same, their numbers to float rounding
+    (they come out of batched forward passes of other shapes)."""
+    requests = [dict(prompt=p, echo=True, logprobs=1, max_tokens=m, temperature=0)
+                for p, m in [("ROMEO:", 0), ("JULIET: O", 5), ("Away!", 0), ("Fie", 12)] * 2]
+    alone = [complete(api, **r)["choices"][0] for r in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: complete(api, **r)["choices"][0], requests))
+    for got, want, r in zip(together, alone, requests):
+        n = len(r["prompt"])
+        assert got["text"] == want["text"] and got["logprobs"]["tokens"] == want["logprobs"]["tokens"]
+        assert got["logprobs"]["token_logprobs"][:n] == want["logprobs"]["token_logprobs"][:n]
+        assert got["logprobs"]["top_logprobs"][:n] == want["logprobs"]["top_logprobs"][:n]
+        assert got["logprobs"]["token_logprobs"][n:] == pytest.approx(want["logprobs"]["token_logprobs"][n:], abs=1e-5)
+
+
+def test_a_rope_model_scores_past_its_context(tmp_path):
+    """Learned positions stop at block_size (a 400 above); RoPE reads on with its sliding window, as its
+    forward pass does."""
+    model = tiny_model(n_layer=1, rope=True, norm="rmsnorm", qk_norm=True, tie_embeddings=False)
+    app, model = app_for("resume", save_run(tmp_path / "rope", model, {"tokenizer": "char", "chars": CHARS}))
+    prompt = "ROMEO: But, soft! what light through yonder window breaks?"
+    with TestClient(app) as client:
+        got = complete(client, prompt=prompt, echo=True, logprobs=0, max_tokens=0)["choices"][0]["logprobs"]
+    tokens = [CHARS.index(c) for c in prompt]
+    want = model_logprobs(model, tokens).gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+    assert len(tokens) > 16 and got["token_logprobs"][1:] == want.tolist()
 
 
 def test_unknown_paths_and_methods(api):
