@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from chat import fit_context
 from chat_template import END, ROLES, render_prompt
 from checkpoint import find_run, load_model
 from configurator import configure
@@ -93,8 +94,10 @@ class CompletionRequest(Sampling):
 
 class Message(BaseModel):
     model_config = ConfigDict(strict=True)
-    role: Literal[ROLES]
-    content: str
+    # "developer" is OpenAI's newer name for the system message, which its SDKs send for newer models:
+    # the model knows it as system
+    role: Literal[(*ROLES, "developer")]
+    content: Union[str, List[dict]]  # a string, or parts {"type": "text", "text": ...}, checked by message_text
     name: Optional[str] = None
 
 
@@ -104,6 +107,9 @@ class ChatRequest(Sampling):
     max_tokens: Optional[int] = Field(None, ge=1)  # what OpenAI called it first
     logprobs: bool = False
     top_logprobs: Optional[int] = None
+    # not OpenAI's: when the conversation does not fit, leave out its oldest turns (the system message
+    # kept), as chat.py does, rather than refuse it; the response says how many (trimmed_messages)
+    trim_history: bool = False
 
 
 class ApiError(Exception):
@@ -127,6 +133,9 @@ def validation_message(errors):
     if loc[0] == "prompt":
         return (f"prompt: Input should be a string, a list of strings, a list of token ids or a list of such "
                 f"lists, got {json.dumps(first['input'])[:60]}")
+    if loc[0] == "messages" and loc[2:3] == ["content"] and first["type"] != "missing":
+        return (f"{'.'.join(loc[:3])}: Input should be a string or a list of parts {{\"type\": \"text\", "
+                f"\"text\": ...}}, got {json.dumps(first['input'])[:60]}")
     if loc[0] == "stop":
         return f"stop: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
     return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
@@ -314,15 +323,18 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        prompt, max_tokens, stop = check_chat_request(body, tokenizer, info, limits)
-        generation = start([prompt], body, max_tokens, stop, tokenizer.chat_tokens[END], chat=True)
+        prompt, max_tokens, stop, trimmed = check_chat_request(body, tokenizer, info, limits)
+        end = tokenizer.chat_tokens[END]
+        generation = start([prompt], body, max_tokens, stop, end, True,
+                           (body.top_logprobs or 0) if body.logprobs else None)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": info["id"]}
+                "model": info["id"], **({"trimmed_messages": trimmed} if body.trim_history else {})}
         if not body.stream:
             async for _ in generation.run(request):
                 pass
             return {**head, "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                                         "logprobs": None, "finish_reason": c.finish_reason}
+                                         "logprobs": chat_logprobs(tokenizer, c, end) if body.logprobs else None,
+                                         "finish_reason": c.finish_reason}
                                         for i, c in enumerate(generation.choices)], "usage": generation.usage}
 
         head["object"] = "chat.completion.chunk"  # every chunk's, the usage chunk's too
@@ -370,6 +382,19 @@ def completion_logprobs(tokenizer, job, choice, echo):
                   "token_logprobs": [None if s is None else s[0] for _, _, s in entries],
                   "top_logprobs": [top(t, s) for t, _, s in entries],
                   "text_offset": [offset for _, offset, _ in entries]}
+
+
+def chat_logprobs(tokenizer, choice, end):
+    """A chat choice's logprobs in OpenAI's shape: each token of the reply (<|end|> is none of it) with
+    its bytes, and the top_logprobs asked for."""
+    def entry(token, logprob):
+        # byte-level BPE tokens are bytes, maybe part of a character; a character model's are characters
+        char = tokenizer.kind == "char"
+        raw = tokenizer.decode([token]).encode() if char else tokenizer.enc.decode_single_token_bytes(token)
+        return {"token": raw.decode(errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [{**entry(token, logprob), "top_logprobs": [entry(t, lp) for t, lp in top]}
+                        for token, _, (logprob, top) in choice.kept_logprobs() if token != end], "refusal": None}
 
 
 def check_shared_settings(body, max_tokens, info, limits):
@@ -437,8 +462,21 @@ def check_logprobs(key, n):
                             "each position")
 
 
+def message_text(i, content):
+    """A message's text: its content, or the text of its parts, one after the other as OpenAI reads them."""
+    if isinstance(content, str):
+        return content
+    for j, part in enumerate(content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = f"of type {json.dumps(part['type'])}" if isinstance(part.get("type"), str) else "without a type"
+            raise ApiError(400, f"messages.{i}.content.{j}: a part {kind}; this model reads text only: "
+                                'give a string, or parts {"type": "text", "text": "..."}')
+    return "".join(part["text"] for part in content)
+
+
 def check_chat_request(body, tokenizer, info, limits):
-    """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
+    """The prompt's tokens, the most tokens a choice may take, the stop strings and how many of the
+    oldest messages trim_history left out; or an ApiError."""
     if not tokenizer.chat_tokens:
         raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
                             "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
@@ -446,23 +484,35 @@ def check_chat_request(body, tokenizer, info, limits):
         raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
     max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
     stop = check_shared_settings(body, max_tokens, info, limits)
-    if body.logprobs or body.top_logprobs is not None:
-        raise ApiError(400, "logprobs: not supported by this server; leave it out")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs: it needs logprobs: true")
+    check_logprobs("top_logprobs", body.top_logprobs)
+    if body.stream and body.logprobs:
+        raise ApiError(400, "logprobs: not supported with stream; leave stream out to get them")
     if not body.messages:
         raise ApiError(400, "messages: an empty list; give at least one message")
     check_choice_count(1, body.n, limits)
+    messages = []
     for i, message in enumerate(body.messages):
+        text = message_text(i, message.content)
         try:
-            tokenizer.encode(message.content)
+            tokenizer.encode(text)
         except ValueError as e:  # characters a char-level model never saw
             raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
                                 "trained on") from None
-    prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
+        messages.append({"role": "system" if message.role == "developer" else message.role, "content": text})
     limit = min(limits["max_prompt_tokens"], info["block_size"])
+    if body.trim_history:
+        try:  # room for the reply, as chat.py leaves it
+            messages = fit_context(tokenizer, messages, limit, min(max_tokens, limit // 2))
+        except ValueError as e:
+            raise ApiError(400, f"messages: {e}") from None
+    prompt = render_prompt(tokenizer, messages)
     if len(prompt) > limit:
         raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
-                            "model's context, and --max_prompt_tokens); send fewer or shorter messages")
-    return prompt, max_tokens, stop
+                            "model's context, and --max_prompt_tokens); send fewer or shorter messages, or "
+                            "trim_history: true to leave out the oldest")
+    return prompt, max_tokens, stop, len(body.messages) - len(messages)
 
 
 def check_choice_count(prompts, n, limits):

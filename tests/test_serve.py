@@ -299,13 +299,14 @@ def test_check_completion_request_gives_tokens_and_stop_strings(char_served):
     assert serve.check_completion_request(body, tokenizer, info, LIMITS)[1] == ["a", "b", "c", "d"]
 
 
-def model_logprobs(model, tokens):
-    """log-softmax of the model's logits (T-1, V) at each position of tokens but the last: a direct
-    forward pass, what the server's logprobs must equal."""
+def model_logprobs(model, tokens, vocab_size=None):
+    """log-softmax of the model's logits (T-1, V) at each position of tokens but the last, over the ids
+    of the vocabulary (a grown model has rows past it): a direct forward pass, what the server's logprobs
+    must equal."""
     idx = torch.tensor([tokens])
     with torch.no_grad():
         logits, _ = model(idx, targets=idx)
-    return logits[0, :-1].float().log_softmax(-1)
+    return logits[0, :-1, :vocab_size].float().log_softmax(-1)
 
 
 def test_echoed_logprobs_are_the_models_own(api, char_served):
@@ -677,6 +678,45 @@ def stream_chat(client, **body):
     return [json.loads(e[6:]) for e in events[:-1]]
 
 
+def test_text_parts_and_the_developer_role(chat_api):
+    """Content as a list of text parts (OpenAI's newer SDKs, LangChain) reads as the string of their texts;
+    a developer message, OpenAI's newer name for system, as the system message."""
+    want = chat(chat_api, messages=HELLO, max_tokens=12, temperature=0)
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Speak as a king."}]},
+             {"role": "user", "content": [{"type": "text", "text": "Good morrow, "}, {"type": "text", "text": "my lord."}]}]
+    got = chat(chat_api, messages=parts, max_tokens=12, temperature=0)
+    assert got["choices"] == want["choices"] and got["usage"] == want["usage"]
+
+
+def test_chat_logprobs_are_the_models_own(chat_api, chat_served):
+    model, tokenizer, _ = chat_served
+    got = chat(chat_api, messages=HELLO, max_tokens=40, temperature=0, logprobs=True, top_logprobs=2)
+    (choice,) = got["choices"]
+    content = choice["logprobs"]["content"]
+    assert choice["finish_reason"] == "stop" and len(content) == got["usage"]["completion_tokens"] - 1  # not <|end|>
+    reply = [tokenizer.texts.index(c["token"]) for c in content]
+    tokens = render_prompt(tokenizer, HELLO) + reply
+    want = model_logprobs(model, tokens, tokenizer.vocab_size)[-len(reply):].gather(1, torch.tensor(reply)[:, None])[:, 0]
+    assert [c["logprob"] for c in content] == pytest.approx(want.tolist(), abs=1e-5)
+    assert all(c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 2 for c in content)
+    assert all(c["logprob"] == c["top_logprobs"][0]["logprob"] for c in content)  # greedy: the most likely
+    assert chat(chat_api, messages=HELLO, max_tokens=5)["choices"][0]["logprobs"] is None
+
+
+def test_trim_history_leaves_out_the_oldest_turns(chat_api, chat_run):
+    """A conversation longer than the context is refused, unless trim_history asks to leave out its
+    oldest exchanges, as chat.py does: the system message stays."""
+    said = ["Hail!", "Who goes there?", "Peace, ho!", "A friend.", "Stand and unfold yourself."]
+    long = [HELLO[0]] + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(said)]
+    r = chat_api.post("/v1/chat/completions", json={"messages": long, "max_tokens": 8})
+    assert r.status_code == 400 and "or trim_history: true to leave out the oldest" in r.json()["error"]["message"]
+    got = chat(chat_api, messages=long, max_tokens=8, temperature=0, trim_history=True)
+    kept = [long[0], *long[1 + got["trimmed_messages"]:]]
+    assert got["trimmed_messages"] == 4 and kept[1:] == long[5:]
+    assert got["choices"][0]["message"]["content"] == chat_reply(chat_run, kept, 8)
+    assert chat(chat_api, messages=HELLO, max_tokens=2, trim_history=True)["trimmed_messages"] == 0
+
+
 def test_a_reply_ends_at_end_of_turn(tmp_path):
     """A model whose every token is <|end|> answers with nothing, finish_reason stop."""
     model = tiny_model(n_layer=1, vocab_size=69, block_size=64)
@@ -695,9 +735,13 @@ def test_a_reply_ends_at_end_of_turn(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ({"messages": []}, "messages: an empty list; give at least one message"),
     ({"messages": [{"role": "tool", "content": "x"}]},
-     "messages.0.role: Input should be 'system', 'user' or 'assistant', got \"tool\""),
-    ({"messages": [{"role": "user", "content": ["Hi"]}]},
-     'messages.0.content: Input should be a valid string, got ["Hi"]'),
+     "messages.0.role: Input should be 'system', 'user', 'assistant' or 'developer', got \"tool\""),
+    ({"messages": [{"role": "user", "content": 5}]},
+     'messages.0.content: Input should be a string or a list of parts {"type": "text", "text": ...}, got 5'),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url"}]}]},
+     'messages.0.content.1: a part of type "image_url"; this model reads text only: give a string, or parts '
+     '{"type": "text", "text": "..."}'),
+    ({"messages": [{"role": "user", "content": ["Hi"]}]}, "messages.0.content: Input should be a string or a list"),
     ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
     ({"messages": "Hi"}, 'messages: Input should be a valid list, got "Hi"'),
     ({"messages": [{"role": "user", "content": "O" * 62}]},
@@ -707,7 +751,8 @@ def test_a_reply_ends_at_end_of_turn(tmp_path):
     ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6}, "max_tokens and max_completion_tokens differ"),
     ({"messages": HELLO, "max_completion_tokens": LONG + 1}, f"max_tokens: {LONG + 1} is above this server's limit"),
     ({"messages": HELLO, "n": 5}, "above this server's limit of 4 (--max_n)"),
-    ({"messages": HELLO, "logprobs": True}, "logprobs: not supported"),
+    ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs: 21; it may be 0 to 20"),
+    ({"messages": HELLO, "logprobs": True, "stream": True}, "logprobs: not supported with stream"),
     ({"messages": HELLO, "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
 ])
 def test_bad_chat_requests_are_a_clear_400(chat_api, body, message):
@@ -727,14 +772,20 @@ CHARACTERS_UNSEEN = "this model knows only the characters it was trained on"
      f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
     ({"messages": HELLO, "presence_penalty": 1.0}, f"presence_penalty: {NOT_SUPPORTED}"),
     ({"messages": HELLO, "stop": ["", "x"]}, "stop: up to 4 strings, none of them empty"),
-    ({"messages": HELLO, "logprobs": True}, f"logprobs: {NOT_SUPPORTED}"),
-    ({"messages": HELLO, "top_logprobs": 2}, f"logprobs: {NOT_SUPPORTED}"),
+    ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs: it needs logprobs: true"),
+    ({"messages": HELLO, "logprobs": True, "top_logprobs": -1},
+     "top_logprobs: -1; it may be 0 to 20, the most tokens this server lists at each position"),
+    ({"messages": [{"role": "user", "content": [{"text": "Hi"}]}]}, "messages.0.content.0: a part without a type; "
+     'this model reads text only: give a string, or parts {"type": "text", "text": "..."}'),
+    ({"messages": [{"role": "user", "content": "O" * 62}], "trim_history": True},
+     "messages: the message makes a prompt of 65 tokens, more than the model's context of 64: say it in fewer words"),
     ({"messages": []}, "messages: an empty list; give at least one message"),
     ({"messages": HELLO, "n": 5}, "n: 1 prompt(s) x n=5 choices is above this server's limit of 4 (--max_n)"),
     ({"messages": [HELLO[0], {"role": "user", "content": "Un caf\u00e9 ?"}]},
      f"messages.1.content: characters not in the vocabulary: '\u00e9'; {CHARACTERS_UNSEEN}"),
     ({"messages": [{"role": "user", "content": "O" * 62}]}, "messages: 65 tokens, more than the 64 this server "
-     "takes (the model's context, and --max_prompt_tokens); send fewer or shorter messages"),
+     "takes (the model's context, and --max_prompt_tokens); send fewer or shorter messages, or trim_history: true "
+     "to leave out the oldest"),
 ])
 def test_check_chat_request_refuses(chat_served, body, message):
     _, tokenizer, info = chat_served
@@ -746,14 +797,14 @@ def test_check_chat_request_gives_the_prompt_max_tokens_and_stop_strings(chat_se
     check = serve.check_chat_request
     # the most tokens a reply may take: either name of it, else the server's limit
     assert check(serve.ChatRequest(messages=HELLO, stop="x"), tokenizer, info, LIMITS) == (
-        render_prompt(tokenizer, HELLO), LONG, ["x"])
+        render_prompt(tokenizer, HELLO), LONG, ["x"], 0)
     assert check(serve.ChatRequest(messages=HELLO, max_tokens=5), tokenizer, info, LIMITS)[1] == 5
     assert check(serve.ChatRequest(messages=HELLO, max_completion_tokens=6, max_tokens=6), tokenizer, info,
                  LIMITS)[1] == 6
     # the prompt's limit is the smaller of --max_prompt_tokens and the model's context
     assert refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, {**LIMITS, "max_prompt_tokens": 40}) == (
         400, "messages: 42 tokens, more than the 40 this server takes (the model's context, and --max_prompt_tokens); "
-        "send fewer or shorter messages")
+        "send fewer or shorter messages, or trim_history: true to leave out the oldest")
     _, tokenizer, info = char_served
     status, message = refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, LIMITS)
     assert status == 400 and message.startswith("out-tiny is not a chat model (its tokenizer has no chat tokens)")
