@@ -155,12 +155,14 @@ def top_logprobs(logprobs, token, n):
 @torch.no_grad()
 def prompt_logprobs(model, tokens, n=0, vocab_limit=None):
     """What the model says of each of tokens but the first, given the tokens before it: top_logprobs'
-    pair at every position, from one forward pass of the whole sequence (the model's distribution over
-    the ids below vocab_limit). A GPT-2 model takes at most block_size tokens; a RoPE model reads more
-    with its sliding window, as generation does."""
+    pair at every position, from one forward pass of all tokens but the last (the model's distribution
+    over the ids below vocab_limit). A GPT-2 model scores at most block_size + 1 tokens; a RoPE model
+    reads more with its sliding window, as generation does."""
+    if len(tokens) < 2:
+        return []
     idx = torch.tensor([tokens], dtype=torch.long, device=next(model.parameters()).device)
-    logits, _ = model(idx, targets=idx)  # targets only to get every position's logits; the loss is not used
-    logprobs = logits[0, :-1, :vocab_limit].float().log_softmax(-1)
+    logits, _ = model(idx[:, :-1], targets=idx[:, 1:])  # targets to get every position's logits
+    logprobs = logits[0, :, :vocab_limit].float().log_softmax(-1)
     chosen = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
     values, top = logprobs.topk(n, dim=-1)
     return [(lp, list(zip(t, v))) for lp, t, v in zip(chosen, top.tolist(), values.tolist())]

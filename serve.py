@@ -450,8 +450,9 @@ def check_completion_request(body, tokenizer, info, limits):
         if len(tokens[-1]) > limits["max_prompt_tokens"]:
             raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
                                 f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
-        if body.echo and body.logprobs is not None and not info["rope"] and len(tokens[-1]) > info["block_size"]:
-            raise ApiError(400, f"prompt: {len(tokens[-1])} tokens, more than the {info['block_size']} that this "
+        # scored in one forward pass of all its tokens but the last
+        if body.echo and body.logprobs is not None and not info["rope"] and len(tokens[-1]) > info["block_size"] + 1:
+            raise ApiError(400, f"prompt: {len(tokens[-1])} tokens, more than the {info['block_size'] + 1} that this "
                                 "model's learned positions score at once (echo with logprobs); shorten it")
     return tokens, stop
 

@@ -274,7 +274,7 @@ NOT_SUPPORTED = "not supported by this server; leave it out"
      "echo and logprobs: not supported with stream; leave stream out to get them"),
     ({"prompt": [[1, 2], []]}, 400, "prompt: an empty list of token ids; give at least one"),
     ({"prompt": [-1]}, 400, "prompt: token id -1 is not in this model's vocabulary (ids 0 to 64)"),
-    ({"prompt": "a" * 17, "echo": True, "logprobs": 0}, 400, "prompt: 17 tokens, more than the 16 that this "
+    ({"prompt": "a" * 18, "echo": True, "logprobs": 0}, 400, "prompt: 18 tokens, more than the 17 that this "
      "model's learned positions score at once (echo with logprobs); shorten it"),
     ({"suffix": "!"}, 400, f"suffix: {NOT_SUPPORTED}"),
     ({"best_of": 2}, 400, f"best_of: {NOT_SUPPORTED}"),
@@ -305,8 +305,18 @@ def model_logprobs(model, tokens, vocab_size=None):
     must equal."""
     idx = torch.tensor([tokens])
     with torch.no_grad():
-        logits, _ = model(idx, targets=idx)
-    return logits[0, :-1, :vocab_size].float().log_softmax(-1)
+        logits, _ = model(idx[:, :-1], targets=idx[:, 1:])
+    return logits[0, :, :vocab_size].float().log_softmax(-1)
+
+
+def test_a_prompt_of_block_size_plus_one_tokens_is_scored(api, char_served):
+    """The last token is only predicted: learned positions score block_size + 1 tokens in one pass."""
+    model, tokenizer, _ = char_served
+    prompt = "ROMEO: But, soft!"  # 17 tokens
+    lp = complete(api, prompt=prompt, echo=True, logprobs=0, max_tokens=0)["choices"][0]["logprobs"]
+    tokens = tokenizer.encode(prompt)
+    want = model_logprobs(model, tokens).gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+    assert len(lp["tokens"]) == 17 and lp["token_logprobs"][1:] == want.tolist()
 
 
 def test_echoed_logprobs_are_the_models_own(api, char_served):
