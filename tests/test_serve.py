@@ -875,14 +875,29 @@ def test_the_chat_page_in_a_browser(endless_chat_server):
                 assert turns[2 * i + 1].get_attribute("textContent") == want["message"]["content"]
                 history.append(want["message"])
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
-        # a third message makes a prompt longer than the context: the server's message is shown, and the
-        # message goes back to its box
+        # a third message makes a prompt longer than the context: the oldest turns are left out (greyed,
+        # and said so), and the reply is the API's to what is left, as trim_history gives it
         browser.find_element(By.ID, "message").send_keys("And then?" + Keys.ENTER)
-        wait.until(lambda _: "more than the 64 this server takes" in browser.find_element(By.ID, "error").text)
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 4
-        assert browser.find_element(By.ID, "message").get_attribute("value") == "And then?"
+        wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 6
+                   and stats.text.startswith("9 tokens"))
+        with httpx.Client(base_url=endless_chat_server) as client:
+            want = chat(client, messages=[*history, {"role": "user", "content": "And then?"}], max_tokens=9,
+                        temperature=0, trim_history=True)
+        turns = browser.find_elements(By.CSS_SELECTOR, "#messages .turn")
+        assert want["trimmed_messages"] == 2 and not browser.find_element(By.ID, "error").text
+        assert [("left-out" in t.get_attribute("class")) for t in turns] == [True] * 2 + [False] * 4
+        assert turns[5].get_attribute("textContent") == want["choices"][0]["message"]["content"]
+        assert "The 2 oldest messages (greyed) no longer fit" in browser.find_element(By.ID, "trimmed").text
+        # a message that alone does not fit is refused: the server's message is shown, and the message goes
+        # back to its box
+        browser.find_element(By.ID, "message").send_keys("O" * 70 + Keys.ENTER)
+        wait.until(lambda _: "more than the model's context of 64" in browser.find_element(By.ID, "error").text)
+        assert browser.find_element(By.ID, "message").get_attribute("value") == "O" * 70
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 6
         browser.find_element(By.ID, "new").click()
         assert browser.find_elements(By.CSS_SELECTOR, "#messages .turn") == []
+        assert not browser.find_element(By.ID, "trimmed").text
+        set_field("message", "And then?")
         # Stop ends a reply that would go on, and keeps what it had
         set_field("max_tokens", str(LONG))
         browser.find_element(By.ID, "message").send_keys(Keys.ENTER)
