@@ -194,3 +194,54 @@ def test_an_unknown_task_is_one_line(task_dir, tmp_path):
                          f"--include_path={task_dir}")
     assert message == ("error: unknown task 'hellaswagg': `python -m lm_eval ls tasks` lists the harness's; a task "
                        "of your own needs --include_path")
+
+
+HELLASWAG_SAMPLE = REPO / "tests" / "fixtures" / "hellaswag_val_sample.jsonl"  # 40 validation examples
+HELLASWAG = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "{text}"
+doc_to_choice: "{{{{endings}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+@pytest.mark.slow
+def test_hellaswag_py_and_the_harness_on_the_same_items(tmp_path):
+    """hellaswag.py's context is the harness's without the activity label, and its acc_norm divides by
+    tokens where the harness's divides by characters: with hellaswag.py's context the harness gets its
+    very log-likelihoods, so the same acc; each acc_norm is its own normalisation of them. (A random
+    tiny GPT-2: the mechanism, not a model's score; docs/evaluation.md has the numbers.)"""
+    import hellaswag
+
+    data = tmp_path / "sample.jsonl"
+    data.write_text("".join(HELLASWAG_SAMPLE.read_text().splitlines(keepends=True)[:12]))
+    model = tiny_model(n_layer=1, vocab_size=50257, n_embd=16, block_size=256).eval()
+    tokenizer = load_model("resume", str(save_run(tmp_path / "run", model, {"tokenizer": "gpt2"})))[1]
+    tokenized = hellaswag.tokenize(hellaswag.load_examples(data), tokenizer, 256)
+    losses, counts = hellaswag.ending_losses(model, tokenized, 8, "cpu")
+    labels = torch.tensor([label for _, _, label in tokenized])
+    (tmp_path / "hellaswag_ctx.yaml").write_text(HELLASWAG.format(name="hellaswag_ctx", data=data, text="{{ctx}}"))
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    results = simple_evaluate(model=harness.HarnessLM(model, tokenizer), tasks=["hellaswag_ctx"], task_manager=manager,
+                              bootstrap_iters=0)
+    samples = sorted(results["samples"]["hellaswag_ctx"], key=lambda s: s["doc_id"])
+    lls = torch.tensor([[resp[0][0] for resp in s["resps"]] for s in samples], dtype=torch.float64)
+    assert lls.shape == (12, 4) and torch.allclose(lls, -losses.double(), atol=1e-4)
+    got = results["results"]["hellaswag_ctx"]
+    assert got["acc,none"] == (losses.argmin(1) == labels).double().mean().item()
+    chars = torch.tensor([[len(e) for e in s["doc"]["endings"]] for s in samples], dtype=torch.float64)
+    assert got["acc_norm,none"] == ((lls / chars).argmax(1) == labels).double().mean().item()
