@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chat import fit_context
-from chat_template import END, ROLES, render_prompt
+from chat_template import CHAT_TEMPLATE, END, ROLES, render_prompt
 from checkpoint import find_run, load_model
 from configurator import configure
 from device import autocast_for, resolve_device
@@ -110,6 +110,19 @@ class ChatRequest(Sampling):
     # not OpenAI's: when the conversation does not fit, leave out its oldest turns (the system message
     # kept), as chat.py does, rather than refuse it; the response says how many (trimmed_messages)
     trim_history: bool = False
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+    model: Optional[str] = None
+    prompt: str
+    add_special_tokens: bool = False  # no tokenizer here adds any
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+    model: Optional[str] = None
+    tokens: List[int]
 
 
 class ApiError(Exception):
@@ -296,6 +309,36 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
                                 f"(--max_concurrent); try again shortly", "rate_limit_error")
         return Generation(engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat, logprobs,
                           echo_logprobs)
+
+    # vLLM's tokenizer endpoints, which lm-evaluation-harness's local-completions model finds and uses
+    # (tokenizer_backend=remote): so it scores any model here, a character model too, with no export.
+    # Like transformers' and vLLM's tokenizers, /tokenize reads special tokens' spellings as those tokens.
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        start = encode_prompt(tokenizer, "")  # what a document starts with: <|endoftext|>, or a char model's "\n"
+        eos = None if tokenizer.eot_token is None else tokenizer.decode([tokenizer.eot_token])
+        return {"tokenizer_class": tokenizer.kind, "bos_token": tokenizer.decode(start), "eos_token": eos,
+                "pad_token": None, "model_max_length": info["block_size"], "vocab_size": tokenizer.vocab_size,
+                **({"chat_template": CHAT_TEMPLATE} if tokenizer.chat_tokens else {})}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        try:
+            if tokenizer.kind == "char":
+                tokens = tokenizer.encode(body.prompt)
+            else:
+                tokens = tokenizer.enc.encode(body.prompt, allowed_special="all")
+        except ValueError as e:  # characters a char-level model never saw
+            raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": info["block_size"]}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise ApiError(400, f"tokens: token id {bad[0]} is not in this model's vocabulary (ids 0 to "
+                                f"{tokenizer.vocab_size - 1})")
+        return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):

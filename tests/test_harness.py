@@ -161,6 +161,24 @@ def test_the_harness_scores_alike_in_process_through_the_server_and_on_the_expor
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_char_model_through_the_server_with_its_own_tokenizer(task_dir, tmp_path_factory):
+    """With no export (a character model has no transformers tokenizer), the harness finds serve.py's
+    tokenizer endpoints and scores as in-process. max_length block_size + 2 cuts long contexts where
+    in-process does: the harness keeps one of it for the token that it asks to generate."""
+    run_dir = save_run(tmp_path_factory.mktemp("served") / "out-char", tiny_model(n_layer=1), char_meta())
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    model, tokenizer, _ = load_model("resume", str(run_dir))
+    lm = harness.HarnessLM(model.eval(), tokenizer)
+    want = per_item(simple_evaluate(model=lm, tasks=["tiny_choice"], task_manager=manager, bootstrap_iters=0))
+    for address in serve_py(run_dir, tmp_path_factory):
+        served = simple_evaluate(model="local-completions", tasks=["tiny_choice"], task_manager=manager,
+                                 bootstrap_iters=0, model_args={"base_url": f"{address}/v1/completions",
+                                                                "model": "out-char", "max_length": lm.max_length + 2})
+        assert per_item(served) == want
+
+
+@pytest.mark.slow
 def test_main_writes_the_results_to_the_run(task_dir, tmp_path):
     run_dir = save_run(tmp_path / "out-char", tiny_model(n_layer=1), char_meta())
     result = run_main(harness.main, f"--out_dir={run_dir}", "--tasks=tiny_choice", f"--include_path={task_dir}",

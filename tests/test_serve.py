@@ -401,6 +401,27 @@ def test_a_rope_model_scores_past_its_context(tmp_path):
     assert len(tokens) > 16 and got["token_logprobs"][1:] == want.tolist()
 
 
+def test_tokenizer_endpoints(api, chat_api, tmp_path):
+    """vLLM's /tokenizer_info, /tokenize and /detokenize, which lm-evaluation-harness uses: the model's own
+    tokens; special tokens' spellings read as those tokens, as transformers' tokenizers read them."""
+    info = api.get("/tokenizer_info").json()
+    assert (info["bos_token"], info["eos_token"], info["model_max_length"]) == ("\n", None, 16)
+    assert api.post("/tokenize", json={"prompt": "ROMEO:"}).json()["tokens"] == [CHARS.index(c) for c in "ROMEO:"]
+    assert api.post("/detokenize", json={"tokens": [CHARS.index(c) for c in "Ay"]}).json() == {"prompt": "Ay"}
+    r = api.post("/tokenize", json={"prompt": "caf\u00e9"})
+    assert r.status_code == 400 and "prompt: characters not in the vocabulary: '\u00e9'" in r.json()["error"]["message"]
+    r = api.post("/detokenize", json={"tokens": [1, 65]})
+    assert r.status_code == 400 and "tokens: token id 65 is not in this model's vocabulary" in r.json()["error"]["message"]
+    assert "<|assistant|>" in chat_api.get("/tokenizer_info").json()["chat_template"]
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp_path)
+    with TestClient(app_for(str(tmp_path))[0]) as client:
+        info = client.get("/tokenizer_info").json()
+        assert info["bos_token"] == info["eos_token"] == "<|endoftext|>"
+        got = client.post("/tokenize", json={"prompt": "<|endoftext|>Un café"}).json()["tokens"]
+        assert got == [50256] + get_tokenizer({"tokenizer": "gpt2"}).encode("Un café")
+
+
 def test_unknown_paths_and_methods(api):
     assert api.get("/v2/nothing").status_code == 404
     r = api.get("/v1/completions")
