@@ -7,8 +7,9 @@ Serve a model on a web page and OpenAI's completions and chat completions APIs.
 
 Open the printed address for the page (a chat for a chat model); programs POST to /v1/completions,
 and for a chat model to /v1/chat/completions, as to OpenAI's API (streamed as server-sent events
-with "stream": true), and GET /v1/models and /health. Concurrent requests, of both kinds, are
-generated together by engine.py, one forward pass per step.
+with "stream": true), and GET /v1/models and /health; /tokenizer_info, /tokenize and /detokenize
+give the model's tokenizer (vLLM's endpoints, which lm-evaluation-harness uses). Concurrent
+requests, of both kinds, are generated together by engine.py, one forward pass per step.
 The same --key=value flags and config files as sample.py.
 """
 

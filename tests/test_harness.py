@@ -91,7 +91,8 @@ def requests(kind, *args):
 
 
 def test_loglikelihoods_are_the_models_own(lm):
-    pairs = [("Q: Who loves Juliet?\nA:", " Romeo"), ("A:", " Mercutio"), ("", "Romeo"), ("ROMEO, " * 6 + "ROMEO:", " Ay")]
+    pairs = [("Q: Who loves Juliet?\nA:", " Romeo"), ("A:", " Mercutio"), ("", "Romeo"),
+             ("ROMEO, " * 6 + "ROMEO:", " Ay")]
     got = lm.loglikelihood(requests("loglikelihood", *pairs))
     for (context, continuation), (loglikelihood, greedy) in zip(pairs, got):
         start = lm.tokenizer.encode(context) if context else [lm.prefix_token_id]
@@ -157,7 +158,8 @@ def test_the_harness_scores_alike_in_process_through_the_server_and_on_the_expor
     on_export = evaluate("hf", pretrained=str(hf_dir), device="cpu", dtype="float32")
     assert per_item(on_export) == [pytest.approx(w, abs=1e-4) for w in want]
     accuracy = sum(max(range(len(w)), key=w.__getitem__) == a for w, (_, _, a) in zip(want, ITEMS)) / len(ITEMS)
-    assert in_process["results"]["tiny_choice"]["acc,none"] == on_export["results"]["tiny_choice"]["acc,none"] == accuracy
+    assert (in_process["results"]["tiny_choice"]["acc,none"] == on_export["results"]["tiny_choice"]["acc,none"]
+            == accuracy)
 
 
 @pytest.mark.slow
@@ -200,7 +202,8 @@ def test_bad_input_is_one_line(task_dir, tmp_path):
     data.write_text(json.dumps({"question": "Où est Roméo?", "choices": ["Vérone", "Mantoue"], "label": 0}) + "\n")
     (tmp_path / "tasks" / "accents.yaml").write_text(TASK.format(data=data).replace("tiny_choice", "accents"))
     with pytest.raises(SystemExit) as e:  # one line, after the harness's progress bars
-        harness.main([f"--out_dir={run_dir}", "--tasks=accents", f"--include_path={tmp_path / 'tasks'}", "--device=cpu"])
+        harness.main([f"--out_dir={run_dir}", "--tasks=accents", f"--include_path={tmp_path / 'tasks'}",
+                      "--device=cpu"])
     assert e.value.code == ("error: characters not in the vocabulary: 'éù': a character model scores only text made "
                             "of the characters it was trained on")
 

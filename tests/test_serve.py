@@ -411,7 +411,8 @@ def test_tokenizer_endpoints(api, chat_api, tmp_path):
     r = api.post("/tokenize", json={"prompt": "caf\u00e9"})
     assert r.status_code == 400 and "prompt: characters not in the vocabulary: '\u00e9'" in r.json()["error"]["message"]
     r = api.post("/detokenize", json={"tokens": [1, 65]})
-    assert r.status_code == 400 and "tokens: token id 65 is not in this model's vocabulary" in r.json()["error"]["message"]
+    assert r.status_code == 400
+    assert "tokens: token id 65 is not in this model's vocabulary" in r.json()["error"]["message"]
     assert "<|assistant|>" in chat_api.get("/tokenizer_info").json()["chat_template"]
     torch.manual_seed(0)
     save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp_path)
@@ -714,7 +715,8 @@ def test_text_parts_and_the_developer_role(chat_api):
     a developer message, OpenAI's newer name for system, as the system message."""
     want = chat(chat_api, messages=HELLO, max_tokens=12, temperature=0)
     parts = [{"role": "developer", "content": [{"type": "text", "text": "Speak as a king."}]},
-             {"role": "user", "content": [{"type": "text", "text": "Good morrow, "}, {"type": "text", "text": "my lord."}]}]
+             {"role": "user", "content": [{"type": "text", "text": "Good morrow, "},
+                                          {"type": "text", "text": "my lord."}]}]
     got = chat(chat_api, messages=parts, max_tokens=12, temperature=0)
     assert got["choices"] == want["choices"] and got["usage"] == want["usage"]
 
@@ -727,7 +729,8 @@ def test_chat_logprobs_are_the_models_own(chat_api, chat_served):
     assert choice["finish_reason"] == "stop" and len(content) == got["usage"]["completion_tokens"] - 1  # not <|end|>
     reply = [tokenizer.texts.index(c["token"]) for c in content]
     tokens = render_prompt(tokenizer, HELLO) + reply
-    want = model_logprobs(model, tokens, tokenizer.vocab_size)[-len(reply):].gather(1, torch.tensor(reply)[:, None])[:, 0]
+    want = model_logprobs(model, tokens, tokenizer.vocab_size)[-len(reply):]
+    want = want.gather(1, torch.tensor(reply)[:, None])[:, 0]
     assert [c["logprob"] for c in content] == pytest.approx(want.tolist(), abs=1e-5)
     assert all(c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 2 for c in content)
     assert all(c["logprob"] == c["top_logprobs"][0]["logprob"] for c in content)  # greedy: the most likely
