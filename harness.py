@@ -64,7 +64,8 @@ class HarnessLM(TemplateLM):
         for _, context, continuation in tqdm(requests, disable=disable_tqdm, desc="scoring"):
             tokens = (context + continuation)[-(self.max_length + 1):]
             with self.autocast:
-                scores = prompt_logprobs(self.model, tokens, 1, self.tokenizer.vocab_size)[-len(continuation):]
+                scores = prompt_logprobs(self.model, tokens, 1, self.tokenizer.vocab_size)
+            scores = scores[len(scores) - len(continuation):]  # an empty continuation scores nothing
             results.append((sum(lp for lp, _ in scores),
                             all(top[0][0] == token for (_, top), token in zip(scores, continuation))))
         return results
