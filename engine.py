@@ -13,7 +13,9 @@ block_size is recomputed each step over its last block_size tokens, as generatio
 such sequences go through forward passes of their own.
 
 Every choice samples with its own torch.Generator and sample_token, so a request's tokens are the
-ones generation.generate gives for the same prompt, settings and seed, batched or not.
+ones generation.generate gives for the same prompt, settings and seed, batched or not. A job may
+also ask for log-probabilities: of each drawn token, and of its prompt's own tokens, which take a
+forward pass of the prompt alone, so that they are the same batched or not.
 """
 
 import threading
@@ -22,7 +24,7 @@ from contextlib import nullcontext
 
 import torch
 
-from generation import context_length, next_logits, sample_token
+from generation import context_length, next_logits, prompt_logprobs, sample_token, top_logprobs
 
 
 class SlotCache:
@@ -66,15 +68,21 @@ class SlotCache:
 
 
 class Job:
-    """One prompt with n choices. on_event(choice, token, finish_reason) is called from the engine's
-    thread for every token drawn, finish_reason being None, "stop" (token is stop_token: a completion's
-    <|endoftext|>, a chat reply's <|end|>) or "length"; or (choice, None, "error") if the step failed."""
+    """One prompt with n choices. on_event(choice, token, finish_reason, logprobs) is called from the
+    engine's thread for every token drawn, finish_reason being None, "stop" (token is stop_token: a
+    completion's <|endoftext|>, a chat reply's <|end|>) or "length"; or (choice, None, "error", None)
+    if the step failed; max_tokens 0 draws nothing: (choice, None, "length", None).
+    With logprobs=N, logprobs is the drawn token's (logprob, [(token, logprob)] of the N most likely),
+    of the model's own distribution (before temperature, top-k and top-p); else None. With
+    echo_logprobs too, the engine sets prompt_logprobs before the first event: the same pair for every
+    prompt token but the first (generation.prompt_logprobs)."""
 
     def __init__(self, prompt, on_event, n=1, max_tokens=16, temperature=1.0, top_k=None, top_p=1.0, seed=None,
-                 stop_token=None):
+                 stop_token=None, logprobs=None, echo_logprobs=False):
         self.prompt, self.on_event, self.n, self.max_tokens = list(prompt), on_event, n, max_tokens
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
-        self.stop_token = stop_token
+        self.stop_token, self.logprobs, self.echo_logprobs = stop_token, logprobs, echo_logprobs
+        self.prompt_logprobs = None
         self.cancelled = set()  # choices to end
         self.engine = None
 
@@ -159,7 +167,7 @@ class Engine:
                         failed += [(job, j) for job in self.waiting for j in range(job.n)]
                         self.cached, self.windowed, self.waiting = [], [], []
                     for job, choice in failed:
-                        job.on_event(choice, None, "error")
+                        job.on_event(choice, None, "error", None)
 
     def _drop_cancelled(self):
         with self.changed:
@@ -184,6 +192,14 @@ class Engine:
         """Prefill waiting jobs, oldest first, while their choices fit in the batch."""
         while self.waiting and len(self.cached) + self.waiting[0].n <= self.max_rows:
             job = self.waiting[0]  # only this thread takes from waiting: it stays first
+            if job.echo_logprobs:
+                job.prompt_logprobs = prompt_logprobs(self.model, job.prompt, job.logprobs, self.vocab_limit)
+            if job.max_tokens == 0:  # scored, nothing to draw
+                with self.changed:
+                    self.waiting.pop(0)
+                for j in range(job.n):
+                    job.on_event(j, None, "length", None)
+                continue
             prompt = torch.tensor([job.prompt], dtype=torch.long, device=self.device)
             logits, prefill = next_logits(self.model, prompt, None, kv_cache=True)
             start = max(0, len(job.prompt) - self.context)
@@ -233,8 +249,9 @@ class Engine:
     def _draw(self, row, logits):
         """Sample row's next token from logits (1, V), report it, and retire the row if it is done."""
         r = row.job
-        token = sample_token(logits[:, :self.vocab_limit].float(), r.temperature, r.top_k, r.top_p,
-                             row.generator).item()
+        logits = logits[:, :self.vocab_limit].float()
+        token = sample_token(logits, r.temperature, r.top_k, r.top_p, row.generator).item()
+        logprobs = None if r.logprobs is None else top_logprobs(logits[0].log_softmax(-1), token, r.logprobs)
         row.tokens.append(token)
         row.drawn += 1
         finish = "stop" if token == r.stop_token else "length" if row.drawn >= r.max_tokens else None
@@ -243,4 +260,4 @@ class Engine:
                 self.windowed.remove(row)
             else:
                 self._remove_cached(self.cached.index(row))
-        r.on_event(row.choice, token, finish)
+        r.on_event(row.choice, token, finish, logprobs)

@@ -147,6 +147,29 @@ def next_logits(model, seq, caches, kv_cache):
     return logits[:, -1, :], None
 
 
+def top_logprobs(logprobs, token, n):
+    """(token's log-probability, [(token, log-probability)] of the n most likely, most likely first)
+    from logprobs (V,) of one position."""
+    values, tokens = logprobs.topk(n)
+    return logprobs[token].item(), list(zip(tokens.tolist(), values.tolist()))
+
+
+@torch.no_grad()
+def prompt_logprobs(model, tokens, n=0, vocab_limit=None):
+    """What the model says of each of tokens but the first, given the tokens before it: top_logprobs'
+    pair at every position, from one forward pass of all tokens but the last (the model's distribution
+    over the ids below vocab_limit). A GPT-2 model scores at most block_size + 1 tokens; a RoPE model
+    reads more with its sliding window, as generation does."""
+    if len(tokens) < 2:
+        return []
+    idx = torch.tensor([tokens], dtype=torch.long, device=next(model.parameters()).device)
+    logits, _ = model(idx[:, :-1], targets=idx[:, 1:])  # targets to get every position's logits
+    logprobs = logits[0, :, :vocab_limit].float().log_softmax(-1)
+    chosen = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
+    values, top = logprobs.topk(n, dim=-1)
+    return [(lp, list(zip(t, v))) for lp, t, v in zip(chosen, top.tolist(), values.tolist())]
+
+
 def check_sampling(temperature, top_k, top_p):
     """ValueError, saying what is wrong, for settings that sample_token cannot draw with."""
     if temperature < 0:

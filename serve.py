@@ -7,8 +7,9 @@ Serve a model on a web page and OpenAI's completions and chat completions APIs.
 
 Open the printed address for the page (a chat for a chat model); programs POST to /v1/completions,
 and for a chat model to /v1/chat/completions, as to OpenAI's API (streamed as server-sent events
-with "stream": true), and GET /v1/models and /health. Concurrent requests, of both kinds, are
-generated together by engine.py, one forward pass per step.
+with "stream": true), and GET /v1/models and /health; /tokenizer_info, /tokenize and /detokenize
+give the model's tokenizer (vLLM's endpoints, which lm-evaluation-harness uses). Concurrent
+requests, of both kinds, are generated together by engine.py, one forward pass per step.
 The same --key=value flags and config files as sample.py.
 """
 
@@ -28,7 +29,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from chat_template import END, ROLES, render_prompt
+from chat import fit_context
+from chat_template import CHAT_TEMPLATE, END, ROLES, render_prompt
 from checkpoint import find_run, load_model
 from configurator import configure
 from device import autocast_for, resolve_device
@@ -52,6 +54,7 @@ DEFAULTS = dict(
     max_concurrent=32,  # requests in flight, waiting ones included; more are refused with 429
 )
 PAGE = Path(__file__).resolve().parent / "assets" / "serve.html"
+MAX_LOGPROBS = 20  # the most alternatives a token's top_logprobs may list, as vLLM's default
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
 
 
@@ -81,18 +84,21 @@ class Sampling(BaseModel):
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[str, List[str]] = ""
-    max_tokens: int = Field(16, ge=1)  # OpenAI's default
-    echo: bool = False
-    logprobs: Optional[int] = None
+    # text, several texts, or tokens (a list of ids, or a list of such lists), one choice per prompt
+    prompt: Union[str, List[str], List[int], List[List[int]]] = ""
+    max_tokens: int = Field(16, ge=0)  # OpenAI's default; 0 with echo scores the prompt only
+    echo: bool = False  # the choice's text starts with the prompt, and its logprobs with the prompt's
+    logprobs: Optional[int] = None  # the N most likely tokens at each position
     suffix: Optional[str] = None
     best_of: Optional[int] = None
 
 
 class Message(BaseModel):
     model_config = ConfigDict(strict=True)
-    role: Literal[ROLES]
-    content: str
+    # "developer" is OpenAI's newer name for the system message, which its SDKs send for newer models:
+    # the model knows it as system
+    role: Literal[(*ROLES, "developer")]
+    content: Union[str, List[dict]]  # a string, or parts {"type": "text", "text": ...}, checked by message_text
     name: Optional[str] = None
 
 
@@ -102,6 +108,22 @@ class ChatRequest(Sampling):
     max_tokens: Optional[int] = Field(None, ge=1)  # what OpenAI called it first
     logprobs: bool = False
     top_logprobs: Optional[int] = None
+    # not OpenAI's: when the conversation does not fit, leave out its oldest turns (the system message
+    # kept), as chat.py does, rather than refuse it; the response says how many (trimmed_messages)
+    trim_history: bool = False
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+    model: Optional[str] = None
+    prompt: str
+    add_special_tokens: bool = False  # no tokenizer here adds any
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+    model: Optional[str] = None
+    tokens: List[int]
 
 
 class ApiError(Exception):
@@ -122,8 +144,14 @@ def validation_message(errors):
     if not loc:
         return "the body must be a JSON object of settings, e.g. {\"prompt\": \"Hello\"}"
     # the two unions fail once per alternative: one message says what either may be
-    if loc[0] in ("prompt", "stop"):
-        return f"{loc[0]}: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
+    if loc[0] == "prompt":
+        return (f"prompt: Input should be a string, a list of strings, a list of token ids or a list of such "
+                f"lists, got {json.dumps(first['input'])[:60]}")
+    if loc[0] == "messages" and loc[2:3] == ["content"] and first["type"] != "missing":
+        return (f"{'.'.join(loc[:3])}: Input should be a string or a list of parts {{\"type\": \"text\", "
+                f"\"text\": ...}}, got {json.dumps(first['input'])[:60]}")
+    if loc[0] == "stop":
+        return f"stop: Input should be a string or a list of strings, got {json.dumps(first['input'])[:60]}"
     return f"{'.'.join(loc)}: {first['msg']}, got {json.dumps(first['input'])[:60]}"
 
 
@@ -155,18 +183,22 @@ class Choice:
     def __init__(self, tokenizer, stop, stop_token, chat):
         self.decode, self.stop, self.stop_token = tokenizer.stream_decoder(skip_special=chat), stop, stop_token
         self.text, self.sent, self.tokens, self.finish_reason = "", 0, 0, None
+        self.logprobs = []  # (token, where its text starts, the engine's logprobs) of each token, if asked
+        self.cut = False  # whether a stop string ended the text
 
-    def add(self, token, finish):
+    def add(self, token, finish, logprobs=None):
         """Take the engine's event; returns the text that may go to the client now."""
         if token is not None:
             self.tokens += 1
+            if logprobs is not None:
+                self.logprobs.append((token, len(self.text), logprobs))
             if token != self.stop_token:
                 self.text += self.decode(token)
         if finish:
             self.text += self.decode(None)  # bytes of a character that max_tokens cut in two
         hits = [i for i in (self.text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0]
         if hits:
-            self.text, finish = self.text[:min(hits)], "stop"
+            self.text, finish, self.cut = self.text[:min(hits)], "stop", True
         safe = len(self.text)
         if not finish:
             # hold back a tail that may be the start of a stop string
@@ -175,31 +207,36 @@ class Choice:
         self.finish_reason = finish
         return piece
 
+    def kept_logprobs(self):
+        """The logprobs of the tokens whose text the choice kept: a stop string's tokens are left out."""
+        return [entry for entry in self.logprobs if not self.cut or entry[1] < len(self.text)]
+
 
 class Generation:
     """One request's choices as the engine generates them: submitted when made, read by run()."""
 
-    def __init__(self, engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat):
+    def __init__(self, engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat, logprobs=None,
+                 echo_logprobs=False):
         loop, self.events, self.n = asyncio.get_running_loop(), asyncio.Queue(), body.n
         self.jobs = []
         for p, tokens in enumerate(prompts):
-            def on_event(choice, token, finish, first=p * body.n):  # called from the engine's thread
-                loop.call_soon_threadsafe(self.events.put_nowait, (first + choice, token, finish))
+            def on_event(choice, token, finish, logprobs, first=p * body.n):  # called from the engine's thread
+                loop.call_soon_threadsafe(self.events.put_nowait, (first + choice, token, finish, logprobs))
             self.jobs.append(engine.submit(Job(tokens, on_event, body.n, max_tokens, body.temperature, body.top_k,
-                                               body.top_p, body.seed, stop_token)))
+                                               body.top_p, body.seed, stop_token, logprobs, echo_logprobs)))
         self.choices = [Choice(tokenizer, stop, stop_token, chat) for _ in range(len(prompts) * body.n)]
         self.usage = {"prompt_tokens": sum(map(len, prompts))}
 
     async def run(self, request):
         """(index, text) as the choices grow, until all have finished or the client has left."""
         try:
-            async for index, token, finish in engine_events(self.events, request):
+            async for index, token, finish, logprobs in engine_events(self.events, request):
                 choice = self.choices[index]
                 if choice.finish_reason:
                     continue  # tokens drawn in the step that a stop string ended it
                 if finish == "error":
                     raise ApiError(500, "generation failed; the server's log says why", "server_error")
-                text = choice.add(token, finish)
+                text = choice.add(token, finish, logprobs)
                 if choice.finish_reason:  # a stop string ends the text while the engine's row goes on
                     self.jobs[index // self.n].cancel(index % self.n)
                 yield index, text
@@ -237,7 +274,7 @@ def model_info(model, tokenizer, trained, name, device, dtype):
     tok = f"{tokenizer.kind} ({'BPE, ' if tokenizer.kind == 'gpt2' else ''}{tokenizer.vocab_size})"
     return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "local",
             "parameters": model.num_params(non_embedding=False), "tokenizer": tok, "chat": bool(tokenizer.chat_tokens),
-            "block_size": model.config.block_size, "iter_num": trained["iter_num"],
+            "block_size": model.config.block_size, "rope": model.config.rope, "iter_num": trained["iter_num"],
             "best_val_loss": trained["best_val_loss"], "device": device, "dtype": dtype}
 
 
@@ -267,16 +304,48 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
     async def models():
         return {"object": "list", "data": [info]}
 
-    def start(prompts, body, max_tokens, stop, stop_token, chat):
+    def start(prompts, body, max_tokens, stop, stop_token, chat, logprobs=None, echo_logprobs=False):
         if engine.active() + len(prompts) > limits["max_concurrent"]:
             raise ApiError(429, f"the server is busy: {limits['max_concurrent']} requests in flight "
                                 f"(--max_concurrent); try again shortly", "rate_limit_error")
-        return Generation(engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat)
+        return Generation(engine, tokenizer, prompts, body, max_tokens, stop, stop_token, chat, logprobs,
+                          echo_logprobs)
+
+    # vLLM's tokenizer endpoints, which lm-evaluation-harness's local-completions model finds and uses
+    # (tokenizer_backend=remote): so it scores any model here, a character model too, with no export.
+    # Like transformers' and vLLM's tokenizers, /tokenize reads special tokens' spellings as those tokens.
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        start = encode_prompt(tokenizer, "")  # what a document starts with: <|endoftext|>, or a char model's "\n"
+        eos = None if tokenizer.eot_token is None else tokenizer.decode([tokenizer.eot_token])
+        return {"tokenizer_class": tokenizer.kind, "bos_token": tokenizer.decode(start), "eos_token": eos,
+                "pad_token": None, "model_max_length": info["block_size"], "vocab_size": tokenizer.vocab_size,
+                **({"chat_template": CHAT_TEMPLATE} if tokenizer.chat_tokens else {})}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        try:
+            if tokenizer.kind == "char":
+                tokens = tokenizer.encode(body.prompt)
+            else:
+                tokens = tokenizer.enc.encode(body.prompt, allowed_special="all")
+        except ValueError as e:  # characters a char-level model never saw
+            raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": info["block_size"]}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise ApiError(400, f"tokens: token id {bad[0]} is not in this model's vocabulary (ids 0 to "
+                                f"{tokenizer.vocab_size - 1})")
+        return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prompts, stop = check_completion_request(body, tokenizer, info, limits)  # token lists, stop strings
-        generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, chat=False)
+        generation = start(prompts, body, body.max_tokens, stop, tokenizer.eot_token, False, body.logprobs,
+                           body.echo and body.logprobs is not None)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": info["id"]}
 
@@ -287,22 +356,29 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
         if not body.stream:
             async for _ in generation.run(request):
                 pass
-            return {**head, "choices": [choice(i, c.text) for i, c in enumerate(generation.choices)],
-                    "usage": generation.usage}
+            choices = [choice(i, c.text) for i, c in enumerate(generation.choices)]
+            if body.echo or body.logprobs is not None:
+                for i, c in enumerate(choices):
+                    job = generation.jobs[i // body.n]
+                    c["text"], c["logprobs"] = completion_logprobs(tokenizer, job, generation.choices[i], body.echo)
+            return {**head, "choices": choices, "usage": generation.usage}
         return generation.stream(request, body, head, lambda index, text: [] if index is None
                                  else [{**head, "choices": [choice(index, text)]}])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        prompt, max_tokens, stop = check_chat_request(body, tokenizer, info, limits)
-        generation = start([prompt], body, max_tokens, stop, tokenizer.chat_tokens[END], chat=True)
+        prompt, max_tokens, stop, trimmed = check_chat_request(body, tokenizer, info, limits)
+        end = tokenizer.chat_tokens[END]
+        generation = start([prompt], body, max_tokens, stop, end, True,
+                           (body.top_logprobs or 0) if body.logprobs else None)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": info["id"]}
+                "model": info["id"], **({"trimmed_messages": trimmed} if body.trim_history else {})}
         if not body.stream:
             async for _ in generation.run(request):
                 pass
             return {**head, "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                                         "logprobs": None, "finish_reason": c.finish_reason}
+                                         "logprobs": chat_logprobs(tokenizer, c, end) if body.logprobs else None,
+                                         "finish_reason": c.finish_reason}
                                         for i, c in enumerate(generation.choices)], "usage": generation.usage}
 
         head["object"] = "chat.completion.chunk"  # every chunk's, the usage chunk's too
@@ -321,6 +397,48 @@ def create_app(model, tokenizer, info, limits=DEFAULTS, autocast=None):
         return generation.stream(request, body, head, chunks)
 
     return app
+
+
+def completion_logprobs(tokenizer, job, choice, echo):
+    """A completion choice's text and its logprobs in OpenAI's legacy shape (None unless the job asked
+    for them): tokens, token_logprobs, top_logprobs and text_offset, the prompt's first (echo) with
+    null for its first token, which nothing precedes. Each top_logprobs lists the job's N most likely
+    tokens and the token itself, as OpenAI's and vLLM's do; tokens that spell the same text (pieces of
+    one character) share a key."""
+    decode, prompt_text, offsets = tokenizer.stream_decoder(), "", []
+    for token in job.prompt if echo else []:
+        offsets.append(len(prompt_text))
+        prompt_text += decode(token)
+    prompt_text += decode(None)
+    text = prompt_text + choice.text
+    if job.logprobs is None:
+        return text, None
+    entries = list(zip(job.prompt, offsets, [None] + job.prompt_logprobs)) if echo else []
+    entries += [(token, len(prompt_text) + offset, scores) for token, offset, scores in choice.kept_logprobs()]
+
+    def name(token):
+        return tokenizer.decode([token])
+
+    def top(token, scores):
+        return None if scores is None else {**{name(t): lp for t, lp in scores[1]}, name(token): scores[0]}
+
+    return text, {"tokens": [name(t) for t, _, _ in entries],
+                  "token_logprobs": [None if s is None else s[0] for _, _, s in entries],
+                  "top_logprobs": [top(t, s) for t, _, s in entries],
+                  "text_offset": [offset for _, offset, _ in entries]}
+
+
+def chat_logprobs(tokenizer, choice, end):
+    """A chat choice's logprobs in OpenAI's shape: each token of the reply (<|end|> is none of it) with
+    its bytes, and the top_logprobs asked for."""
+    def entry(token, logprob):
+        # byte-level BPE tokens are bytes, maybe part of a character; a character model's are characters
+        char = tokenizer.kind == "char"
+        raw = tokenizer.decode([token]).encode() if char else tokenizer.enc.decode_single_token_bytes(token)
+        return {"token": raw.decode(errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [{**entry(token, logprob), "top_logprobs": [entry(t, lp) for t, lp in top]}
+                        for token, _, (logprob, top) in choice.kept_logprobs() if token != end], "refusal": None}
 
 
 def check_shared_settings(body, max_tokens, info, limits):
@@ -345,29 +463,65 @@ def check_shared_settings(body, max_tokens, info, limits):
 def check_completion_request(body, tokenizer, info, limits):
     """The prompts' tokens and the stop strings, or an ApiError that says what is wrong."""
     stop = check_shared_settings(body, body.max_tokens, info, limits)
-    for key, off in {"echo": False, "logprobs": None, "suffix": None}.items():
-        if getattr(body, key) != off:
-            raise ApiError(400, f"{key}: not supported by this server; leave it out")
+    if body.suffix is not None:
+        raise ApiError(400, "suffix: not supported by this server; leave it out")
     if body.best_of not in (None, body.n):
         raise ApiError(400, "best_of: not supported by this server; leave it out")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    check_logprobs("logprobs", body.logprobs)
+    if body.stream and (body.echo or body.logprobs is not None):
+        raise ApiError(400, "echo and logprobs: not supported with stream; leave stream out to get them")
+    prompt = body.prompt
+    # one prompt (a string, or a list of token ids), or a list of them
+    prompts = [prompt] if isinstance(prompt, str) or prompt and isinstance(prompt[0], int) else prompt
     if not prompts:
-        raise ApiError(400, "prompt: an empty list; give a string or a list of strings")
+        raise ApiError(400, "prompt: an empty list; give a string, a list of strings or a list of token ids")
     check_choice_count(len(prompts), body.n, limits)
     tokens = []
-    for text in prompts:
-        try:
-            tokens.append(encode_prompt(tokenizer, text))
-        except ValueError as e:  # characters a char-level model never saw
-            raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+    for p in prompts:
+        if isinstance(p, str):
+            try:
+                tokens.append(encode_prompt(tokenizer, p))
+            except ValueError as e:  # characters a char-level model never saw
+                raise ApiError(400, f"prompt: {e}; this model knows only the characters it was trained on") from None
+        else:
+            bad = [t for t in p if not 0 <= t < tokenizer.vocab_size]
+            if not p:
+                raise ApiError(400, "prompt: an empty list of token ids; give at least one")
+            if bad:
+                raise ApiError(400, f"prompt: token id {bad[0]} is not in this model's vocabulary (ids 0 to "
+                                    f"{tokenizer.vocab_size - 1})")
+            tokens.append(p)
         if len(tokens[-1]) > limits["max_prompt_tokens"]:
             raise ApiError(400, f"prompt: {len(tokens[-1])} tokens is above this server's limit of "
                                 f"{limits['max_prompt_tokens']} (--max_prompt_tokens)")
+        # scored in one forward pass of all its tokens but the last
+        if body.echo and body.logprobs is not None and not info["rope"] and len(tokens[-1]) > info["block_size"] + 1:
+            raise ApiError(400, f"prompt: {len(tokens[-1])} tokens, more than the {info['block_size'] + 1} that this "
+                                "model's learned positions score at once (echo with logprobs); shorten it")
     return tokens, stop
 
 
+def check_logprobs(key, n):
+    if n is not None and not 0 <= n <= MAX_LOGPROBS:
+        raise ApiError(400, f"{key}: {n}; it may be 0 to {MAX_LOGPROBS}, the most tokens this server lists at "
+                            "each position")
+
+
+def message_text(i, content):
+    """A message's text: its content, or the text of its parts, one after the other as OpenAI reads them."""
+    if isinstance(content, str):
+        return content
+    for j, part in enumerate(content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = f"of type {json.dumps(part['type'])}" if isinstance(part.get("type"), str) else "without a type"
+            raise ApiError(400, f"messages.{i}.content.{j}: a part {kind}; this model reads text only: "
+                                'give a string, or parts {"type": "text", "text": "..."}')
+    return "".join(part["text"] for part in content)
+
+
 def check_chat_request(body, tokenizer, info, limits):
-    """The prompt's tokens, the most tokens a choice may take and the stop strings, or an ApiError."""
+    """The prompt's tokens, the most tokens a choice may take, the stop strings and how many of the
+    oldest messages trim_history left out; or an ApiError."""
     if not tokenizer.chat_tokens:
         raise ApiError(400, f"{info['id']} is not a chat model (its tokenizer has no chat tokens): fine-tune it "
                             "on a chat dataset (prepare_chat.py, then train.py), or use /v1/completions")
@@ -375,23 +529,35 @@ def check_chat_request(body, tokenizer, info, limits):
         raise ApiError(400, "max_tokens and max_completion_tokens differ: give one of them")
     max_tokens = body.max_completion_tokens or body.max_tokens or limits["max_tokens"]
     stop = check_shared_settings(body, max_tokens, info, limits)
-    if body.logprobs or body.top_logprobs is not None:
-        raise ApiError(400, "logprobs: not supported by this server; leave it out")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs: it needs logprobs: true")
+    check_logprobs("top_logprobs", body.top_logprobs)
+    if body.stream and body.logprobs:
+        raise ApiError(400, "logprobs: not supported with stream; leave stream out to get them")
     if not body.messages:
         raise ApiError(400, "messages: an empty list; give at least one message")
     check_choice_count(1, body.n, limits)
+    messages = []
     for i, message in enumerate(body.messages):
+        text = message_text(i, message.content)
         try:
-            tokenizer.encode(message.content)
+            tokenizer.encode(text)
         except ValueError as e:  # characters a char-level model never saw
             raise ApiError(400, f"messages.{i}.content: {e}; this model knows only the characters it was "
                                 "trained on") from None
-    prompt = render_prompt(tokenizer, [m.model_dump() for m in body.messages])
+        messages.append({"role": "system" if message.role == "developer" else message.role, "content": text})
     limit = min(limits["max_prompt_tokens"], info["block_size"])
+    if body.trim_history:
+        try:  # room for the reply, as chat.py leaves it
+            messages = fit_context(tokenizer, messages, limit, min(max_tokens, limit // 2))
+        except ValueError as e:
+            raise ApiError(400, f"messages: {e}") from None
+    prompt = render_prompt(tokenizer, messages)
     if len(prompt) > limit:
         raise ApiError(400, f"messages: {len(prompt)} tokens, more than the {limit} this server takes (the "
-                            "model's context, and --max_prompt_tokens); send fewer or shorter messages")
-    return prompt, max_tokens, stop
+                            "model's context, and --max_prompt_tokens); send fewer or shorter messages, or "
+                            "trim_history: true to leave out the oldest")
+    return prompt, max_tokens, stop, len(body.messages) - len(messages)
 
 
 def check_choice_count(prompts, n, limits):

@@ -34,9 +34,11 @@ class Collector:
 
     def __init__(self):
         self.events = queue.Queue()
+        self.logprobs = []  # what each event says of its token's log-probability
 
-    def __call__(self, choice, token, finish):
+    def __call__(self, choice, token, finish, logprobs):
         self.events.put((choice, token, finish))
+        self.logprobs.append(logprobs)
 
     def wait(self, n, timeout=30):
         tokens, finish = {j: [] for j in range(n)}, {}
@@ -118,6 +120,31 @@ def test_each_job_ends_at_its_own_stop_token(model):
         assert other.wait(1) == ({0: greedy}, {0: "length"})
     finally:
         engine.close()
+
+
+def test_logprobs_of_the_prompt_and_of_each_drawn_token(model):
+    """A job that asks gets its prompt's log-probabilities (none for the first token) and each drawn token's,
+    with its 3 most likely alternatives: the model's distribution at that position. max_tokens 0 only scores."""
+    prompt = [1, 2, 3, 4, 5]
+    engine = Engine(model, max_rows=2)
+    try:
+        scored, drawn = Collector(), Collector()
+        only = engine.submit(Job(prompt, scored, max_tokens=0, logprobs=3, echo_logprobs=True))
+        engine.submit(Job(prompt, drawn, max_tokens=6, temperature=0.0, logprobs=3))
+        assert scored.wait(1) == ({0: [None]}, {0: "length"}) and scored.logprobs == [None]
+        tokens, _ = drawn.wait(1)
+    finally:
+        engine.close()
+    sequence = prompt + tokens[0]
+    idx = torch.tensor([sequence])
+    with torch.no_grad():
+        logits, _ = model(idx[:, :-1], targets=idx[:, 1:])
+    want = logits[0].log_softmax(-1)
+    assert [lp for lp, _ in only.prompt_logprobs] == want[:4].gather(1, idx[0, 1:5, None])[:, 0].tolist()
+    assert [t for t, _ in only.prompt_logprobs[0][1]] == want[0].topk(3).indices.tolist()
+    got = [lp for lp, _ in drawn.logprobs]
+    assert got == pytest.approx(want[4:].gather(1, idx[0, 5:, None])[:, 0].tolist(), abs=1e-5)
+    assert all(top[0] == (token, lp) for (lp, top), token in zip(drawn.logprobs, tokens[0]))  # greedy: the top one
 
 
 def test_cancel_ends_a_job_at_once(model):

@@ -225,7 +225,10 @@ def test_a_vocabulary_learned_here_greedy_equals_sample_py(tmp_path):
     (b'{"prompt": "ROMEO:", ', 400, "the body is not valid JSON"),
     (b'["ROMEO:"]', 400, "the body must be a JSON object"),
     (b'{"max_tokens": "ten"}', 400, 'max_tokens: Input should be a valid integer, got "ten"'),
-    (b'{"prompt": 5}', 400, "prompt: Input should be a string or a list of strings, got 5"),
+    (b'{"prompt": 5}', 400, "prompt: Input should be a string, a list of strings, a list of token ids or a list of "
+                            "such lists, got 5"),
+    (b'{"prompt": [3, "a"]}', 400, "prompt: Input should be a string, a list of strings"),
+    (b'{"prompt": [3, 65]}', 400, "prompt: token id 65 is not in this model's vocabulary (ids 0 to 64)"),
     (b'{"stream": "yes"}', 400, "stream: Input should be a valid boolean"),
     (b'{"temperature": -0.5}', 400, "temperature: Input should be greater than or equal to 0, got -0.5"),
     (b'{"top_p": 0}', 400, "top_p: Input should be greater than 0, got 0"),
@@ -236,7 +239,8 @@ def test_a_vocabulary_learned_here_greedy_equals_sample_py(tmp_path):
     ('{"prompt": "ROMEO: \u00e9t\u00e9 \u4e16"}'.encode(), 400, "prompt: characters not in the vocabulary: '\u00e9\u4e16'"),
     (b'{"prompt": "' + b"a" * 2049 + b'"}', 400, "prompt: 2049 tokens is above this server's limit of 2048"),
     (b'{"stop": ["", "x"]}', 400, "stop: up to 4 strings, none of them empty"),
-    (b'{"logprobs": 1}', 400, "logprobs: not supported"),
+    (b'{"logprobs": 21}', 400, "logprobs: 21; it may be 0 to 20"),
+    (b'{"echo": true, "stream": true}', 400, "echo and logprobs: not supported with stream"),
     (b'{"model": "gpt-4"}', 404, "model 'gpt-4' is not served here; this server serves 'out-tiny'"),
 ])
 def test_bad_input_is_a_clear_4xx(api, body, status, message):
@@ -265,11 +269,16 @@ NOT_SUPPORTED = "not supported by this server; leave it out"
     ({"max_tokens": LONG + 1}, 400, f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
     ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop: up to 4 strings, none of them empty"),
     ({"stop": ""}, 400, "stop: up to 4 strings, none of them empty"),
-    ({"echo": True}, 400, f"echo: {NOT_SUPPORTED}"),
-    ({"logprobs": 0}, 400, f"logprobs: {NOT_SUPPORTED}"),
+    ({"logprobs": -1}, 400, "logprobs: -1; it may be 0 to 20, the most tokens this server lists at each position"),
+    ({"logprobs": 1, "stream": True}, 400,
+     "echo and logprobs: not supported with stream; leave stream out to get them"),
+    ({"prompt": [[1, 2], []]}, 400, "prompt: an empty list of token ids; give at least one"),
+    ({"prompt": [-1]}, 400, "prompt: token id -1 is not in this model's vocabulary (ids 0 to 64)"),
+    ({"prompt": "a" * 18, "echo": True, "logprobs": 0}, 400, "prompt: 18 tokens, more than the 17 that this "
+     "model's learned positions score at once (echo with logprobs); shorten it"),
     ({"suffix": "!"}, 400, f"suffix: {NOT_SUPPORTED}"),
     ({"best_of": 2}, 400, f"best_of: {NOT_SUPPORTED}"),
-    ({"prompt": []}, 400, "prompt: an empty list; give a string or a list of strings"),
+    ({"prompt": []}, 400, "prompt: an empty list; give a string, a list of strings or a list of token ids"),
     ({"prompt": ["O", "Ay"], "n": 3}, 400, "n: 2 prompt(s) x n=3 choices is above this server's limit of 4 (--max_n)"),
     ({"prompt": ["O", "\u00e9t\u00e9"]}, 400,
      "prompt: characters not in the vocabulary: '\u00e9'; this model knows only the characters it was trained on"),
@@ -288,6 +297,130 @@ def test_check_completion_request_gives_tokens_and_stop_strings(char_served):
     assert tokens == [encode_prompt(tokenizer, "ROMEO:"), encode_prompt(tokenizer, "")] and stop == ["\n"]
     body = serve.CompletionRequest(prompt="O", stop=["a", "b", "c", "d"], max_tokens=LONG)
     assert serve.check_completion_request(body, tokenizer, info, LIMITS)[1] == ["a", "b", "c", "d"]
+
+
+def model_logprobs(model, tokens, vocab_size=None):
+    """log-softmax of the model's logits (T-1, V) at each position of tokens but the last, over the ids
+    of the vocabulary (a grown model has rows past it): a direct forward pass, what the server's logprobs
+    must equal."""
+    idx = torch.tensor([tokens])
+    with torch.no_grad():
+        logits, _ = model(idx[:, :-1], targets=idx[:, 1:])
+    return logits[0, :, :vocab_size].float().log_softmax(-1)
+
+
+def test_a_prompt_of_block_size_plus_one_tokens_is_scored(api, char_served):
+    """The last token is only predicted: learned positions score block_size + 1 tokens in one pass."""
+    model, tokenizer, _ = char_served
+    prompt = "ROMEO: But, soft!"  # 17 tokens
+    lp = complete(api, prompt=prompt, echo=True, logprobs=0, max_tokens=0)["choices"][0]["logprobs"]
+    tokens = tokenizer.encode(prompt)
+    want = model_logprobs(model, tokens).gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+    assert len(lp["tokens"]) == 17 and lp["token_logprobs"][1:] == want.tolist()
+
+
+def test_echoed_logprobs_are_the_models_own(api, char_served):
+    """A prompt scored (echo, max_tokens 0) as text or as token ids, alone or with others: the numbers of
+    a forward pass of the model, the first token's null."""
+    model, tokenizer, _ = char_served
+    prompts = ["ROMEO: Ay, me!", "O", "What light"]
+    tokens = [tokenizer.encode(p) for p in prompts]
+    got = complete(api, prompt=prompts[0], echo=True, logprobs=3, max_tokens=0)
+    (choice,) = got["choices"]
+    assert (choice["text"], choice["finish_reason"], got["usage"]["completion_tokens"]) == (prompts[0], "length", 0)
+    lp = choice["logprobs"]
+    want = model_logprobs(model, tokens[0])
+    assert lp["tokens"] == list(prompts[0]) and lp["text_offset"] == list(range(len(prompts[0])))
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == want.gather(1, torch.tensor(tokens[0][1:])[:, None])[:, 0].tolist()
+    for row, top, token in zip(want, lp["top_logprobs"][1:], prompts[0][1:]):
+        values, ids = row.topk(3)
+        assert top == {**{tokenizer.decode([i]): v for i, v in zip(ids.tolist(), values.tolist())},
+                       token: row[tokenizer.stoi[token]].item()}
+    # the same as token ids; and each prompt of a list (scored together) as alone
+    assert complete(api, prompt=tokens[0], echo=True, logprobs=3, max_tokens=0)["choices"][0] == choice
+    together = complete(api, prompt=tokens, echo=True, logprobs=3, max_tokens=0)["choices"]
+    assert [c["index"] for c in together] == [0, 1, 2] and together[0] == choice
+    for c, p in zip(together, prompts):
+        assert c == {**complete(api, prompt=p, echo=True, logprobs=3, max_tokens=0)["choices"][0], "index": c["index"]}
+    assert together[1]["logprobs"]["token_logprobs"] == [None]  # one token: nothing scores it
+
+
+def test_generated_tokens_logprobs(api, char_served):
+    """The drawn tokens' logprobs, after the echoed prompt's: the model's own distribution (before
+    temperature), a greedy token the most likely of its top_logprobs; text_offset into the echoed text."""
+    model, tokenizer, _ = char_served
+    got = complete(api, prompt="KING:", echo=True, logprobs=2, max_tokens=8, temperature=0)["choices"][0]
+    lp = got["logprobs"]
+    assert "".join(lp["tokens"]) == got["text"] and got["text"].startswith("KING:") and len(lp["tokens"]) == 13
+    assert lp["text_offset"] == list(range(13))
+    want = model_logprobs(model, tokenizer.encode(got["text"]))
+    chosen = want.gather(1, torch.tensor(tokenizer.encode(got["text"])[1:])[:, None])[:, 0].tolist()
+    assert lp["token_logprobs"][1:] == pytest.approx(chosen, abs=1e-5)  # generation reads its KV cache
+    assert all(lp["token_logprobs"][i] == max(lp["top_logprobs"][i].values()) for i in range(5, 13))
+    # without echo: the generated tokens only, offsets into the completion's text
+    plain = complete(api, prompt="KING:", logprobs=2, max_tokens=8, temperature=0)["choices"][0]
+    assert plain["text"] == got["text"][5:] and plain["logprobs"]["text_offset"] == list(range(8))
+    assert plain["logprobs"]["token_logprobs"] == lp["token_logprobs"][5:]
+    # sampled at temperature 2, the logprobs are still the model's, and a stop string leaves out its tokens
+    hot = complete(api, prompt="KING:", logprobs=0, max_tokens=8, temperature=2.0, seed=1)["choices"][0]
+    assert hot["logprobs"]["token_logprobs"] == pytest.approx(
+        model_logprobs(model, tokenizer.encode("KING:" + hot["text"]))[4:].gather(
+            1, torch.tensor(tokenizer.encode(hot["text"]))[:, None])[:, 0].tolist(), abs=1e-5)
+    cut = complete(api, prompt="KING:", logprobs=0, max_tokens=8, temperature=2.0, seed=1, stop=hot["text"][3])
+    assert cut["choices"][0]["logprobs"]["tokens"] == list(hot["text"][:hot["text"].index(hot["text"][3])])
+
+
+def test_scores_served_with_generations_are_as_alone(api):
+    """Scoring requests among generating ones: the prompts' numbers as alone, bit for bit (each prompt
+    is scored by a forward pass of its own); the drawn tokens the same, their numbers to float rounding
+    (they come out of batched forward passes of other shapes)."""
+    requests = [dict(prompt=p, echo=True, logprobs=1, max_tokens=m, temperature=0)
+                for p, m in [("ROMEO:", 0), ("JULIET: O", 5), ("Away!", 0), ("Fie", 12)] * 2]
+    alone = [complete(api, **r)["choices"][0] for r in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: complete(api, **r)["choices"][0], requests))
+    for got, want, r in zip(together, alone, requests):
+        n = len(r["prompt"])
+        assert got["text"] == want["text"] and got["logprobs"]["tokens"] == want["logprobs"]["tokens"]
+        assert got["logprobs"]["token_logprobs"][:n] == want["logprobs"]["token_logprobs"][:n]
+        assert got["logprobs"]["top_logprobs"][:n] == want["logprobs"]["top_logprobs"][:n]
+        assert got["logprobs"]["token_logprobs"][n:] == pytest.approx(want["logprobs"]["token_logprobs"][n:], abs=1e-5)
+
+
+def test_a_rope_model_scores_past_its_context(tmp_path):
+    """Learned positions stop at block_size (a 400 above); RoPE reads on with its sliding window, as its
+    forward pass does."""
+    model = tiny_model(n_layer=1, rope=True, norm="rmsnorm", qk_norm=True, tie_embeddings=False)
+    app, model = app_for("resume", save_run(tmp_path / "rope", model, {"tokenizer": "char", "chars": CHARS}))
+    prompt = "ROMEO: But, soft! what light through yonder window breaks?"
+    with TestClient(app) as client:
+        got = complete(client, prompt=prompt, echo=True, logprobs=0, max_tokens=0)["choices"][0]["logprobs"]
+    tokens = [CHARS.index(c) for c in prompt]
+    want = model_logprobs(model, tokens).gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+    assert len(tokens) > 16 and got["token_logprobs"][1:] == want.tolist()
+
+
+def test_tokenizer_endpoints(api, chat_api, tmp_path):
+    """vLLM's /tokenizer_info, /tokenize and /detokenize, which lm-evaluation-harness uses: the model's own
+    tokens; special tokens' spellings read as those tokens, as transformers' tokenizers read them."""
+    info = api.get("/tokenizer_info").json()
+    assert (info["bos_token"], info["eos_token"], info["model_max_length"]) == ("\n", None, 16)
+    assert api.post("/tokenize", json={"prompt": "ROMEO:"}).json()["tokens"] == [CHARS.index(c) for c in "ROMEO:"]
+    assert api.post("/detokenize", json={"tokens": [CHARS.index(c) for c in "Ay"]}).json() == {"prompt": "Ay"}
+    r = api.post("/tokenize", json={"prompt": "caf\u00e9"})
+    assert r.status_code == 400 and "prompt: characters not in the vocabulary: '\u00e9'" in r.json()["error"]["message"]
+    r = api.post("/detokenize", json={"tokens": [1, 65]})
+    assert r.status_code == 400
+    assert "tokens: token id 65 is not in this model's vocabulary" in r.json()["error"]["message"]
+    assert "<|assistant|>" in chat_api.get("/tokenizer_info").json()["chat_template"]
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)), tmp_path)
+    with TestClient(app_for(str(tmp_path))[0]) as client:
+        info = client.get("/tokenizer_info").json()
+        assert info["bos_token"] == info["eos_token"] == "<|endoftext|>"
+        got = client.post("/tokenize", json={"prompt": "<|endoftext|>Un café"}).json()["tokens"]
+        assert got == [50256] + get_tokenizer({"tokenizer": "gpt2"}).encode("Un café")
 
 
 def test_unknown_paths_and_methods(api):
@@ -577,6 +710,47 @@ def stream_chat(client, **body):
     return [json.loads(e[6:]) for e in events[:-1]]
 
 
+def test_text_parts_and_the_developer_role(chat_api):
+    """Content as a list of text parts (OpenAI's newer SDKs, LangChain) reads as the string of their texts;
+    a developer message, OpenAI's newer name for system, as the system message."""
+    want = chat(chat_api, messages=HELLO, max_tokens=12, temperature=0)
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Speak as a king."}]},
+             {"role": "user", "content": [{"type": "text", "text": "Good morrow, "},
+                                          {"type": "text", "text": "my lord."}]}]
+    got = chat(chat_api, messages=parts, max_tokens=12, temperature=0)
+    assert got["choices"] == want["choices"] and got["usage"] == want["usage"]
+
+
+def test_chat_logprobs_are_the_models_own(chat_api, chat_served):
+    model, tokenizer, _ = chat_served
+    got = chat(chat_api, messages=HELLO, max_tokens=40, temperature=0, logprobs=True, top_logprobs=2)
+    (choice,) = got["choices"]
+    content = choice["logprobs"]["content"]
+    assert choice["finish_reason"] == "stop" and len(content) == got["usage"]["completion_tokens"] - 1  # not <|end|>
+    reply = [tokenizer.texts.index(c["token"]) for c in content]
+    tokens = render_prompt(tokenizer, HELLO) + reply
+    want = model_logprobs(model, tokens, tokenizer.vocab_size)[-len(reply):]
+    want = want.gather(1, torch.tensor(reply)[:, None])[:, 0]
+    assert [c["logprob"] for c in content] == pytest.approx(want.tolist(), abs=1e-5)
+    assert all(c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 2 for c in content)
+    assert all(c["logprob"] == c["top_logprobs"][0]["logprob"] for c in content)  # greedy: the most likely
+    assert chat(chat_api, messages=HELLO, max_tokens=5)["choices"][0]["logprobs"] is None
+
+
+def test_trim_history_leaves_out_the_oldest_turns(chat_api, chat_run):
+    """A conversation longer than the context is refused, unless trim_history asks to leave out its
+    oldest exchanges, as chat.py does: the system message stays."""
+    said = ["Hail!", "Who goes there?", "Peace, ho!", "A friend.", "Stand and unfold yourself."]
+    long = [HELLO[0]] + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(said)]
+    r = chat_api.post("/v1/chat/completions", json={"messages": long, "max_tokens": 8})
+    assert r.status_code == 400 and "or trim_history: true to leave out the oldest" in r.json()["error"]["message"]
+    got = chat(chat_api, messages=long, max_tokens=8, temperature=0, trim_history=True)
+    kept = [long[0], *long[1 + got["trimmed_messages"]:]]
+    assert got["trimmed_messages"] == 4 and kept[1:] == long[5:]
+    assert got["choices"][0]["message"]["content"] == chat_reply(chat_run, kept, 8)
+    assert chat(chat_api, messages=HELLO, max_tokens=2, trim_history=True)["trimmed_messages"] == 0
+
+
 def test_a_reply_ends_at_end_of_turn(tmp_path):
     """A model whose every token is <|end|> answers with nothing, finish_reason stop."""
     model = tiny_model(n_layer=1, vocab_size=69, block_size=64)
@@ -595,9 +769,13 @@ def test_a_reply_ends_at_end_of_turn(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ({"messages": []}, "messages: an empty list; give at least one message"),
     ({"messages": [{"role": "tool", "content": "x"}]},
-     "messages.0.role: Input should be 'system', 'user' or 'assistant', got \"tool\""),
-    ({"messages": [{"role": "user", "content": ["Hi"]}]},
-     'messages.0.content: Input should be a valid string, got ["Hi"]'),
+     "messages.0.role: Input should be 'system', 'user', 'assistant' or 'developer', got \"tool\""),
+    ({"messages": [{"role": "user", "content": 5}]},
+     'messages.0.content: Input should be a string or a list of parts {"type": "text", "text": ...}, got 5'),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url"}]}]},
+     'messages.0.content.1: a part of type "image_url"; this model reads text only: give a string, or parts '
+     '{"type": "text", "text": "..."}'),
+    ({"messages": [{"role": "user", "content": ["Hi"]}]}, "messages.0.content: Input should be a string or a list"),
     ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
     ({"messages": "Hi"}, 'messages: Input should be a valid list, got "Hi"'),
     ({"messages": [{"role": "user", "content": "O" * 62}]},
@@ -607,7 +785,8 @@ def test_a_reply_ends_at_end_of_turn(tmp_path):
     ({"messages": HELLO, "max_tokens": 5, "max_completion_tokens": 6}, "max_tokens and max_completion_tokens differ"),
     ({"messages": HELLO, "max_completion_tokens": LONG + 1}, f"max_tokens: {LONG + 1} is above this server's limit"),
     ({"messages": HELLO, "n": 5}, "above this server's limit of 4 (--max_n)"),
-    ({"messages": HELLO, "logprobs": True}, "logprobs: not supported"),
+    ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs: 21; it may be 0 to 20"),
+    ({"messages": HELLO, "logprobs": True, "stream": True}, "logprobs: not supported with stream"),
     ({"messages": HELLO, "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
 ])
 def test_bad_chat_requests_are_a_clear_400(chat_api, body, message):
@@ -627,14 +806,20 @@ CHARACTERS_UNSEEN = "this model knows only the characters it was trained on"
      f"max_tokens: {LONG + 1} is above this server's limit of {LONG} (--max_tokens)"),
     ({"messages": HELLO, "presence_penalty": 1.0}, f"presence_penalty: {NOT_SUPPORTED}"),
     ({"messages": HELLO, "stop": ["", "x"]}, "stop: up to 4 strings, none of them empty"),
-    ({"messages": HELLO, "logprobs": True}, f"logprobs: {NOT_SUPPORTED}"),
-    ({"messages": HELLO, "top_logprobs": 2}, f"logprobs: {NOT_SUPPORTED}"),
+    ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs: it needs logprobs: true"),
+    ({"messages": HELLO, "logprobs": True, "top_logprobs": -1},
+     "top_logprobs: -1; it may be 0 to 20, the most tokens this server lists at each position"),
+    ({"messages": [{"role": "user", "content": [{"text": "Hi"}]}]}, "messages.0.content.0: a part without a type; "
+     'this model reads text only: give a string, or parts {"type": "text", "text": "..."}'),
+    ({"messages": [{"role": "user", "content": "O" * 62}], "trim_history": True},
+     "messages: the message makes a prompt of 65 tokens, more than the model's context of 64: say it in fewer words"),
     ({"messages": []}, "messages: an empty list; give at least one message"),
     ({"messages": HELLO, "n": 5}, "n: 1 prompt(s) x n=5 choices is above this server's limit of 4 (--max_n)"),
     ({"messages": [HELLO[0], {"role": "user", "content": "Un caf\u00e9 ?"}]},
      f"messages.1.content: characters not in the vocabulary: '\u00e9'; {CHARACTERS_UNSEEN}"),
     ({"messages": [{"role": "user", "content": "O" * 62}]}, "messages: 65 tokens, more than the 64 this server "
-     "takes (the model's context, and --max_prompt_tokens); send fewer or shorter messages"),
+     "takes (the model's context, and --max_prompt_tokens); send fewer or shorter messages, or trim_history: true "
+     "to leave out the oldest"),
 ])
 def test_check_chat_request_refuses(chat_served, body, message):
     _, tokenizer, info = chat_served
@@ -646,14 +831,14 @@ def test_check_chat_request_gives_the_prompt_max_tokens_and_stop_strings(chat_se
     check = serve.check_chat_request
     # the most tokens a reply may take: either name of it, else the server's limit
     assert check(serve.ChatRequest(messages=HELLO, stop="x"), tokenizer, info, LIMITS) == (
-        render_prompt(tokenizer, HELLO), LONG, ["x"])
+        render_prompt(tokenizer, HELLO), LONG, ["x"], 0)
     assert check(serve.ChatRequest(messages=HELLO, max_tokens=5), tokenizer, info, LIMITS)[1] == 5
     assert check(serve.ChatRequest(messages=HELLO, max_completion_tokens=6, max_tokens=6), tokenizer, info,
                  LIMITS)[1] == 6
     # the prompt's limit is the smaller of --max_prompt_tokens and the model's context
     assert refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, {**LIMITS, "max_prompt_tokens": 40}) == (
         400, "messages: 42 tokens, more than the 40 this server takes (the model's context, and --max_prompt_tokens); "
-        "send fewer or shorter messages")
+        "send fewer or shorter messages, or trim_history: true to leave out the oldest")
     _, tokenizer, info = char_served
     status, message = refusal(check, serve.ChatRequest(messages=HELLO), tokenizer, info, LIMITS)
     assert status == 400 and message.startswith("out-tiny is not a chat model (its tokenizer has no chat tokens)")
@@ -713,14 +898,29 @@ def test_the_chat_page_in_a_browser(endless_chat_server):
                 assert turns[2 * i + 1].get_attribute("textContent") == want["message"]["content"]
                 history.append(want["message"])
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
-        # a third message makes a prompt longer than the context: the server's message is shown, and the
-        # message goes back to its box
+        # a third message makes a prompt longer than the context: the oldest turns are left out (greyed,
+        # and said so), and the reply is the API's to what is left, as trim_history gives it
         browser.find_element(By.ID, "message").send_keys("And then?" + Keys.ENTER)
-        wait.until(lambda _: "more than the 64 this server takes" in browser.find_element(By.ID, "error").text)
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 4
-        assert browser.find_element(By.ID, "message").get_attribute("value") == "And then?"
+        wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 6
+                   and stats.text.startswith("9 tokens"))
+        with httpx.Client(base_url=endless_chat_server) as client:
+            want = chat(client, messages=[*history, {"role": "user", "content": "And then?"}], max_tokens=9,
+                        temperature=0, trim_history=True)
+        turns = browser.find_elements(By.CSS_SELECTOR, "#messages .turn")
+        assert want["trimmed_messages"] == 2 and not browser.find_element(By.ID, "error").text
+        assert [("left-out" in t.get_attribute("class")) for t in turns] == [True] * 2 + [False] * 4
+        assert turns[5].get_attribute("textContent") == want["choices"][0]["message"]["content"]
+        assert "The 2 oldest messages (greyed) no longer fit" in browser.find_element(By.ID, "trimmed").text
+        # a message that alone does not fit is refused: the server's message is shown, and the message goes
+        # back to its box
+        browser.find_element(By.ID, "message").send_keys("O" * 70 + Keys.ENTER)
+        wait.until(lambda _: "more than the model's context of 64" in browser.find_element(By.ID, "error").text)
+        assert browser.find_element(By.ID, "message").get_attribute("value") == "O" * 70
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#messages .turn")) == 6
         browser.find_element(By.ID, "new").click()
         assert browser.find_elements(By.CSS_SELECTOR, "#messages .turn") == []
+        assert not browser.find_element(By.ID, "trimmed").text
+        set_field("message", "And then?")
         # Stop ends a reply that would go on, and keeps what it had
         set_field("max_tokens", str(LONG))
         browser.find_element(By.ID, "message").send_keys(Keys.ENTER)
