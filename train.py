@@ -676,13 +676,13 @@ def main(argv):
     data_dir, meta, train_loader, val_loader = load_data(c, p)
     raw_model = build_model(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader))  # on the CPU
     memory = check_memory(c, p, raw_model.config)  # before the device holds any of it
+    if c.fsdp:  # before the optimizer, which must hold the sharded parameters; FSDP takes the model to the
+        shard(raw_model, p)  # device a block at a time, where each rank keeps its shards: it is never whole there
     raw_model.to(p.device)
     tokenizer = or_fail(get_tokenizer, meta)
     units = torch.tensor(tokenizer.units_per_token(), device=p.device)  # characters or bytes: losses in bits per unit
     if c.hellaswag_interval:
         hellaswag_examples = or_fail(hellaswag.prepare, c.hellaswag_file, tokenizer, raw_model.config.block_size)
-    if c.fsdp:
-        shard(raw_model, p)  # before the optimizer, which must hold the sharded parameters
     opt, scaler = build_optimizer(c, raw_model, p)
     iter_num, best_val_loss = 0, float("inf")
     torch.manual_seed(c.seed + 1 + p.rank)  # each rank its own dropout stream
