@@ -2,8 +2,8 @@
 # python prepare_shakespeare.py --tokenizer bpe --vocab_size 512 && python train.py config/train_shakespeare_record_cpu.py
 # A 512-token vocabulary learned from the train text (about 2 characters a token), the modern
 # switches with AdamW, 4 x 192, a context of 128 tokens. Chosen on a split held out of train
-# (docs/evaluation.md#the-laptop-record); Muon is left out: torch.optim.Muon orthogonalizes in
-# bfloat16, which a CPU without AVX-512 BF16 runs about 15x slower than float32.
+# (docs/evaluation.md#the-laptop-record), with AdamW: Muon was then about 15x slower than AdamW on
+# CPUs without AVX-512 BF16 (torch.optim.Muon's bfloat16); optim.Muon's float32 is still to be tried.
 
 out_dir = "out-shakespeare-record-cpu"
 eval_interval = 500  # the whole split takes 3 to 4 s: five points of the val curve for plot.py
