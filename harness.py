@@ -103,6 +103,31 @@ class HarnessLM(TemplateLM):
         return results
 
 
+def task_manager(names, include_path="", flag="--include_path"):
+    """The harness's index of tasks that holds names, with the tasks of include_path (a folder of
+    YAML files, given by flag); a ValueError names a task it does not know."""
+    if include_path and not Path(include_path).is_dir():
+        raise ValueError(f"{flag[2:]}={include_path}: no such folder")
+    # indexing the harness's thousands of tasks takes seconds: only when the names are not all one's own
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if not manager or any(name not in manager.all_tasks for name in names):
+        manager = TaskManager(include_path=include_path or None)
+    unknown = [name for name in names if name not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}: `python -m lm_eval ls tasks` lists the harness's; "
+                         f"a task of your own needs {flag}")
+    return manager
+
+
+def score(model, tokenizer, names, manager, autocast=None, num_fewshot=None, limit=None, max_gen_toks=256):
+    """(the harness's results, the report that harness.json holds) of model on the tasks names.
+    Characters a char model never saw are a ValueError."""
+    lm = HarnessLM(model, tokenizer, autocast, max_gen_toks)
+    results = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+                              log_samples=False)
+    return results, {key: results[key] for key in ("results", "versions", "n-shot", "n-samples", "higher_is_better")}
+
+
 # -----------------------------------------------------------------------------
 # the script
 
@@ -130,16 +155,10 @@ def main(argv):
     names = [name for name in c["tasks"].split(",") if name]
     if not names:
         fail("name the tasks to score with --tasks, e.g. --tasks=hellaswag,arc_easy,piqa")
-    if c["include_path"] and not Path(c["include_path"]).is_dir():
-        fail(f"include_path={c['include_path']}: no such folder")
-    # indexing the harness's thousands of tasks takes seconds: only when the names are not all one's own
-    manager = TaskManager(include_path=c["include_path"], include_defaults=False) if c["include_path"] else None
-    if not manager or any(name not in manager.all_tasks for name in names):
-        manager = TaskManager(include_path=c["include_path"] or None)
-    unknown = [name for name in names if name not in manager.all_tasks]
-    if unknown:
-        fail(f"unknown task {unknown[0]!r}: `python -m lm_eval ls tasks` lists the harness's; "
-             "a task of your own needs --include_path")
+    try:
+        manager = task_manager(names, c["include_path"])
+    except ValueError as e:
+        fail(e)
     try:
         device, dtype = resolve_device(c["device"], c["dtype"])
         if c["init_from"] == "resume":
@@ -148,15 +167,14 @@ def main(argv):
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)
     model.eval().to(device)
-    lm = HarnessLM(model, tokenizer, autocast_for(device, dtype), c["max_gen_toks"])
     try:
-        results = simple_evaluate(model=lm, tasks=names, num_fewshot=None if c["num_fewshot"] < 0 else c["num_fewshot"],
-                                  limit=c["limit"] or None, task_manager=manager, log_samples=False)
+        results, report = score(model, tokenizer, names, manager, autocast_for(device, dtype),
+                                None if c["num_fewshot"] < 0 else c["num_fewshot"], c["limit"] or None,
+                                c["max_gen_toks"])
     except ValueError as e:  # characters a char model never saw, ...
         fail(e)
     print(make_table(results))
     out_file = c["out_file"] or str(Path(c["out_dir"] if c["init_from"] == "resume" else ".") / "harness.json")
-    report = {key: results[key] for key in ("results", "versions", "n-shot", "n-samples", "higher_is_better")}
     report["model"] = c["out_dir"] if c["init_from"] == "resume" else c["init_from"]
     try:
         write_json(out_file, report)

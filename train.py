@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
-from atomic import write_atomically
+from atomic import write_atomically, write_json
 from chat_template import CHAT_TOKENS
 from checkpoint import (
     SHAPE_KEYS,
@@ -77,6 +77,10 @@ DEFAULTS = dict(
     # HellaSwag accuracy every hellaswag_interval steps and at the end (GPT-2 tokens only); 0 is off
     hellaswag_interval=0,
     hellaswag_file="",  # JSON lines as hellaswag.py reads them; empty: data/hellaswag/, downloaded on first use
+    # lm-evaluation-harness tasks scored at the end (as harness.py does), comma-separated: arc_easy,piqa; and
+    # a folder of task YAML files of your own
+    harness_tasks="",
+    harness_include_path="",
     # wandb logging (optional: pip install wandb)
     wandb_log=False,
     wandb_project="gpt",
@@ -246,6 +250,9 @@ def check_config(config):
     for key, allowed in choices.items():
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
+    if config["fsdp"] and config["harness_tasks"]:
+        fail("harness_tasks with fsdp=True: the harness scores a whole model, not shards; score the run's "
+             "checkpoint with harness.py instead")
     if config["fsdp"] and config["hellaswag_interval"]:
         fail("hellaswag_interval with fsdp=True: HellaSwag is not scored during sharded training yet; score the "
              "run's checkpoint with hellaswag.py instead")
@@ -649,6 +656,33 @@ def announce(c, p, overrides, ckpt, model, iter_num, accum_steps, tokens_per_ite
               f"A larger --max_iters goes on, --init_from=scratch starts over")
 
 
+def harness_tasks(c):
+    """The harness's index of the tasks that the run scores at its end, checked before it trains
+    (an unknown name would otherwise fail after hours); None when there are none."""
+    if not c.harness_tasks:
+        return None
+    import harness  # only here: lm-evaluation-harness takes seconds to import
+    return or_fail(harness.task_manager, c.harness_tasks.split(","), c.harness_include_path, "--harness_include_path")
+
+
+def score_harness(c, p, model, tokenizer, tasks, log, iter_num):
+    """lm-evaluation-harness's tasks on the trained model, in rank 0 while the others wait (it needs
+    no more than one GPU): out_dir/harness.json, as harness.py writes it, and a record in log.jsonl."""
+    if p.master:
+        import harness
+        model.eval()
+        _, report = or_fail(harness.score, model, tokenizer, c.harness_tasks.split(","), tasks, p.autocast)
+        report["model"] = c.out_dir
+        write_json(os.path.join(c.out_dir, "harness.json"), report)
+        log({"iter": iter_num, "harness": report["results"]})
+        for task, metrics in report["results"].items():
+            print(f"iter {iter_num}: {task} " + ", ".join(f"{name.split(',')[0]} {value:.4f}"
+                                                     for name, value in metrics.items() if isinstance(value, float)
+                                                     and "stderr" not in name))
+    if p.distributed:
+        dist.barrier()
+
+
 def catch_stop_signals():
     """Preemption (SIGTERM) and Ctrl-C finish the current step, save, and exit 0; a second Ctrl-C
     kills. A second SIGTERM does not: a cluster may send one to every process of a job, and torchrun
@@ -671,6 +705,7 @@ def catch_stop_signals():
 def main(argv):
     config, overrides, ckpt = configuration(argv)
     c = SimpleNamespace(**config)  # every setting read by its name: c.batch_size
+    tasks = harness_tasks(c)
     p = start_processes(c)
     accum_steps, tokens_per_iter = batch_shape(c, p.world_size)
     data_dir, meta, train_loader, val_loader = load_data(c, p)
@@ -765,6 +800,9 @@ def main(argv):
 
         if not c.eval_only and saved_at != iter_num:
             save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, best=False)
+        if tasks and not stop and (iter_num != resumed_at or c.eval_only):  # after the checkpoint, which a
+            # failed task leaves saved; not again for a finished run started again
+            score_harness(c, p, raw_model, tokenizer, tasks, log, iter_num)
         log.draw(final=True)
     finally:
         log.close()

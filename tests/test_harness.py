@@ -13,9 +13,10 @@ from lm_eval.tasks import TaskManager
 
 import export
 import harness
+import train
 from bpe import train_bpe
 from checkpoint import load_model
-from conftest import CHARS, REPO, main_error, run_main, save_run, tiny_model
+from conftest import CHARS, REPO, TINY_RUN, main_error, run_main, save_run, tiny_model
 from generation import generate
 from test_serve import serve_py
 
@@ -266,3 +267,20 @@ def test_hellaswag_py_and_the_harness_on_the_same_items(tmp_path):
     assert got["acc,none"] == (losses.argmin(1) == labels).double().mean().item()
     chars = torch.tensor([[len(e) for e in s["doc"]["endings"]] for s in samples], dtype=torch.float64)
     assert got["acc_norm,none"] == ((lls / chars).argmax(1) == labels).double().mean().item()
+
+
+def test_train_py_scores_the_tasks_at_its_end(task_dir, char_data, tmp_path):
+    out = tmp_path / "out"
+    args = [*TINY_RUN, f"--dataset={char_data}", f"--out_dir={out}", "--max_iters=2", "--harness_tasks=tiny_choice",
+            f"--harness_include_path={task_dir}"]
+    result = run_main(train.main, *args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "harness.json").read_text())
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged[-1] == {"iter": 2, "harness": report["results"]}
+    assert report["n-samples"]["tiny_choice"]["effective"] == len(ITEMS)
+    assert f"iter 2: tiny_choice acc {report['results']['tiny_choice']['acc,none']:.4f}" in result.stdout
+    # an unknown task is said before anything trains
+    message = main_error(train.main, *args[:-2], f"--out_dir={tmp_path / 'other'}", "--harness_tasks=tiny_choise",
+                         f"--harness_include_path={task_dir}")
+    assert message.startswith("error: unknown task 'tiny_choise'") and not (tmp_path / "other").exists()

@@ -425,6 +425,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--total_batch_size=0"], "total_batch_size=0: give a number of tokens, or None"),
     (["--fsdp=True"], "fsdp=True shards over torchrun's processes: launch with `torchrun --standalone"),
     (["--fsdp=True", "--hellaswag_interval=2"], "hellaswag_interval with fsdp=True: HellaSwag is not scored"),
+    (["--fsdp=True", "--harness_tasks=piqa"], "harness_tasks with fsdp=True: the harness scores a whole model"),
 ])
 def test_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
