@@ -26,6 +26,7 @@ import glob
 import os
 import shutil
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -136,7 +137,9 @@ def read_sharded(directory, device, weights):
         ckpt = torch.load(os.path.join(directory, FIELDS), map_location=device, weights_only=True)
         if weights:
             state = {"model": GPT(GPTConfig(**ckpt["model_args"])).state_dict()}
-            dcp.load(state, checkpoint_id=directory, no_dist=True)
+            with warnings.catch_warnings():  # that no process group is there is what no_dist says
+                warnings.filterwarnings("ignore", "torch.distributed is disabled")
+                dcp.load(state, checkpoint_id=directory, no_dist=True)
             ckpt["model"] = {name: tensor.to(device) for name, tensor in state["model"].items()}
     except Exception as e:
         raise ValueError(f"{directory} is not a readable sharded checkpoint (cut short or not ours?): {e}") from None

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -605,7 +606,8 @@ def save(c, p, model, opt, scaler, loader, meta, log, iter_num, best_val_loss, b
             save_checkpoint({**fields, "model": model.state_dict(), "optimizer": opt.state_dict()}, path)
         if best and p.master:
             (copy_shards if c.fsdp else copy_checkpoint)(path, os.path.join(c.out_dir, "best.pt"))
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (full disk, quota) as a RuntimeError
+    # torch.save reports a failed write (full disk, quota) as a RuntimeError, torch.distributed.checkpoint as its own
+    except (OSError, RuntimeError, CheckpointException) as e:
         reason = getattr(e, "strerror", None) or "the write failed"
         fail(f"cannot write a checkpoint in {c.out_dir} at iter {iter_num} ({reason}, "
              f"{shutil.disk_usage(c.out_dir).free / 2**20:,.0f} MiB free on its disk); the last one written is kept: "
