@@ -48,9 +48,10 @@ def estimate(config, batch_size, world_size=1, fsdp=False, muon=False, half=Fals
 
 
 def describe(parts):
-    """'weights 0.50 GB, gradients 0.50 GB, ...: 2.31 GB'"""
-    return ", ".join(f"{name} {size / GB:.2f} GB" for name, size in parts.items()) + \
-        f": {sum(parts.values()) / GB:.2f} GB"
+    """'weights 0.50 GB, gradients 0.50 GB, ...: 2.31 GB', in MB where the total is under a GB."""
+    unit, scale = ("GB", GB) if sum(parts.values()) >= GB else ("MB", 1e6)
+    return ", ".join(f"{name} {size / scale:.2f} {unit}" for name, size in parts.items()) + \
+        f": {sum(parts.values()) / scale:.2f} {unit}"
 
 
 def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_checkpointing, capacity):
