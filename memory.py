@@ -61,14 +61,17 @@ def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_check
     usable = 0.9 * capacity
 
     def need(**changes):
-        settings = {**dict(batch_size=batch_size, fsdp=fsdp, activation_checkpointing=activation_checkpointing), **changes}
+        settings = dict(batch_size=batch_size, fsdp=fsdp, activation_checkpointing=activation_checkpointing)
+        settings.update(changes)
         return sum(estimate(config, world_size=world_size, muon=muon, half=half, **settings).values())
 
     if need() <= usable:
         return None
-    line = f"this run needs about {need() / GB:.1f} GB a GPU, more than the {usable / GB:.1f} GB it can use of {capacity / GB:.1f} GB"
+    line = (f"this run needs about {need() / GB:.1f} GB a GPU, more than the {usable / GB:.1f} GB it can use of "
+            f"{capacity / GB:.1f} GB")
     if not activation_checkpointing and need(activation_checkpointing=True) <= usable:
-        return f"{line}: --activation_checkpointing=True makes it about {need(activation_checkpointing=True) / GB:.1f} GB"
+        checkpointed = need(activation_checkpointing=True) / GB
+        return f"{line}: --activation_checkpointing=True makes it about {checkpointed:.1f} GB"
     if not fsdp and world_size > 1 and need(fsdp=True, activation_checkpointing=True) <= usable:
         return (f"{line}: --fsdp=True --activation_checkpointing=True shard it over the {world_size} GPUs, "
                 f"about {need(fsdp=True, activation_checkpointing=True) / GB:.1f} GB each")
@@ -76,4 +79,5 @@ def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_check
         if need(batch_size=smaller, activation_checkpointing=True) <= usable:
             return (f"{line}: --batch_size={smaller} --activation_checkpointing=True fit (set total_batch_size to keep "
                     f"the tokens a step)")
-    return f"{line}, even at batch_size=1 with activation checkpointing: {'more GPUs' if fsdp else '--fsdp=True over more GPUs'}"
+    more = "more GPUs" if fsdp else "--fsdp=True over more GPUs"
+    return f"{line}, even at batch_size=1 with activation checkpointing: {more}"

@@ -286,13 +286,15 @@ def start_processes(c):
         fail("fsdp=True trains in bfloat16 or float32: float16's loss scaling is not sharded here; use "
              "--dtype=bfloat16 (GPUs since Ampere) or --dtype=float32")
     if c.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's fixed-order reductions; before its first use
+        # cuBLAS's fixed-order reductions; before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     if distributed:
         dist.init_process_group(backend=("nccl" if device_type == "cuda" else "gloo") if c.backend == "auto"
                                 else c.backend)
-    return SimpleNamespace(distributed=distributed, rank=rank, local_rank=local_rank, world_size=world_size, master=rank == 0,
-                           device=device, dtype=dtype, device_type=device_type, autocast=autocast_for(device, dtype))
+    return SimpleNamespace(distributed=distributed, rank=rank, local_rank=local_rank, world_size=world_size,
+                           master=rank == 0, device=device, dtype=dtype, device_type=device_type,
+                           autocast=autocast_for(device, dtype))
 
 
 def batch_shape(c, world_size):
@@ -318,7 +320,8 @@ def load_data(c, p):
     meta = or_fail(read_meta, data_dir)
     args = dict(batch_size=c.batch_size, block_size=c.block_size, rank=p.rank, world_size=p.world_size, seed=c.seed,
                 device=p.device)
-    return data_dir, meta, or_fail(ShardLoader, data_dir, "train", **args), or_fail(ShardLoader, data_dir, "val", **args)
+    train_loader, val_loader = (or_fail(ShardLoader, data_dir, split, **args) for split in ("train", "val"))
+    return data_dir, meta, train_loader, val_loader
 
 
 # -----------------------------------------------------------------------------
@@ -641,6 +644,14 @@ def duration(seconds):
     return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def step_line(r, max_iters):
+    """A step's log record as its line on stdout."""
+    norm = "" if r["grad_norm"] is None else f", norm {r['grad_norm']:.2f}"
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
+    return (f"iter {r['iter']}/{max_iters}: loss {r['train_loss']:.4f}, lr {r['lr']:.2e}{norm}, {r['ms']:.1f} ms, "
+            f"{r['tokens_per_sec']:,.0f} tok/s, mfu {mfu}, {duration(r['seconds_left'])} left")
+
+
 def announce(c, p, overrides, ckpt, model, iter_num, accum_steps, tokens_per_iter):
     """What this run is, where it starts, and how large it is, in one line."""
     if c.init_from == "resume":
@@ -650,7 +661,8 @@ def announce(c, p, overrides, ckpt, model, iter_num, accum_steps, tokens_per_ite
     else:
         start = f"{'a new run' if c.init_from == 'scratch' else 'fine-tuning ' + c.init_from} in {c.out_dir}"
     print(f"{start} | {model.num_params() / 1e6:.2f}M parameters | device {p.device}, {p.dtype}, "
-          f"{p.world_size} process(es){', sharded (FSDP)' if c.fsdp else ''} | {tokens_per_iter:,} tokens per iteration = {p.world_size} x {accum_steps} "
+          f"{p.world_size} process(es){', sharded (FSDP)' if c.fsdp else ''} | {tokens_per_iter:,} tokens per "
+          f"iteration = {p.world_size} x {accum_steps} "
           f"micro-steps x {c.batch_size} x {c.block_size} | {c.max_iters:,} iterations, "
           f"{tokens(c.max_iters * tokens_per_iter)}")
     if c.init_from == "resume" and iter_num >= c.max_iters and not c.eval_only:
@@ -789,15 +801,12 @@ def main(argv):
                       f"a step and {progress.eval_seconds:.1f} s an eval")
             if iter_num % c.log_interval == 0:
                 mfu = raw_model.estimate_mfu(tokens_per_iter / p.world_size / dt, peak_flops, c.block_size)
-                record = {"iter": iter_num, "train_loss": train_loss, "train_bits": train_bits, "lr": lr,
-                          "grad_norm": grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None,
-                          "ms": dt * 1000, "tokens_per_sec": tokens_per_iter / dt, "mfu": mfu, "seconds_left": time_left}
+                norm = grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None
+                record = dict(iter=iter_num, train_loss=train_loss, train_bits=train_bits, lr=lr, grad_norm=norm,
+                              ms=dt * 1000, tokens_per_sec=tokens_per_iter / dt, mfu=mfu, seconds_left=time_left)
                 log(record)
                 if p.master:
-                    norm = "" if record["grad_norm"] is None else f", norm {record['grad_norm']:.2f}"
-                    print(f"iter {iter_num}/{c.max_iters}: loss {train_loss:.4f}, lr {lr:.2e}{norm}, {dt * 1000:.1f} ms, "
-                          f"{record['tokens_per_sec']:,.0f} tok/s, mfu {'n/a' if mfu is None else f'{mfu:.1%}'}, "
-                          f"{duration(time_left)} left")
+                    print(step_line(record, c.max_iters))
             iter_num += 1
 
         if not c.eval_only and saved_at != iter_num:

@@ -44,7 +44,8 @@ def test_weights_gradients_and_optimizer_state_are_what_one_process_holds(muon):
 
 
 @pytest.mark.parametrize("changes", [{}, dict(dropout=0.2), dict(vocab_size=1000), dict(n_layer=4, n_embd=128),
-                                     dict(activation_checkpointing=True), dict(n_layer=4, activation_checkpointing=True)])
+                                     dict(activation_checkpointing=True),
+                                     dict(n_layer=4, activation_checkpointing=True)])
 def test_activations_are_what_autograd_saves(changes):
     checkpointing = changes.get("activation_checkpointing", False)
     config = GPTConfig(**{**SHAPE, **{k: v for k, v in changes.items() if k != "activation_checkpointing"}})
