@@ -212,11 +212,12 @@ def find_run(out_dir, checkpoint="ckpt.pt"):
 
 def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
     """What sample.py and serve.py generate with: the model, the tokenizer of the data it was trained
-    on, and the checkpoint's iter_num, best_val_loss and dataset (None for GPT-2 weights). init_from is 'resume'
-    (out_dir/checkpoint; no out_dir: find_run's), a GPT-2 preset or a local HF directory. Errors are
-    OSError or ValueError."""
+    on, and the checkpoint's iter_num, best_val_loss and dataset (None for GPT-2 weights) with the run's
+    out_dir, find_run's where none is given (None for GPT-2 weights). init_from is 'resume'
+    (out_dir/checkpoint), a GPT-2 preset or a local HF directory. Errors are OSError or ValueError."""
     if init_from == "resume":
-        path = os.path.join(find_run(out_dir, checkpoint), checkpoint)
+        out_dir = find_run(out_dir, checkpoint)
+        path = os.path.join(out_dir, checkpoint)
         if not checkpoint_exists(path):
             runs = sorted(runs_here(checkpoint))
             raise FileNotFoundError(f"no checkpoint at {path}: train one first, or point --out_dir at a run"
@@ -224,10 +225,10 @@ def load_model(init_from, out_dir, checkpoint="ckpt.pt"):
         ckpt = load_checkpoint(path)
         model, tokenizer = model_from_checkpoint(ckpt), get_tokenizer(ckpt["meta"])
         trained = {"iter_num": ckpt["iter_num"], "best_val_loss": float(ckpt["best_val_loss"]),
-                   "dataset": ckpt.get("config", {}).get("dataset")}
+                   "dataset": ckpt.get("config", {}).get("dataset"), "out_dir": out_dir}
     else:
         model, tokenizer = from_pretrained(init_from), get_tokenizer({"tokenizer": "gpt2"})
-        trained = {"iter_num": None, "best_val_loss": None, "dataset": None}
+        trained = {"iter_num": None, "best_val_loss": None, "dataset": None, "out_dir": None}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise ValueError("the model's weights contain NaN or inf: this checkpoint is broken; "
                          "try --checkpoint=best.pt or an earlier run")

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from atomic import write_atomically
-from checkpoint import find_run, load_model
+from checkpoint import load_model
 from configurator import configure
 from data import dataset_dir, read_meta, whole_split_batches
 from device import autocast_for, resolve_device
@@ -81,8 +81,6 @@ def main(argv):
     rank, world_size = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     try:
         device, dtype = resolve_device(c["device"], c["dtype"], int(os.environ.get("LOCAL_RANK", 0)))
-        if c["init_from"] == "resume":
-            c["out_dir"] = find_run(c["out_dir"], c["checkpoint"])
         model, tokenizer, trained = load_model(c["init_from"], c["out_dir"], c["checkpoint"])
         dataset = c["dataset"] or trained["dataset"]
         if not dataset:
@@ -115,7 +113,7 @@ def main(argv):
     if rank:
         return
     nats, bits = in_units(sums)
-    name = c["out_dir"] if c["init_from"] == "resume" else c["init_from"]
+    name = trained["out_dir"] or c["init_from"]
     print(f"{name} on {data_dir} {c['split']}: {int(sums[1]):,} tokens, {int(sums[2]):,} {tokenizer.unit}s; "
           f"loss {nats:.4f} nats per token, {bits:.4f} bits per {tokenizer.unit}")
     if c["out_file"]:

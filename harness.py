@@ -26,7 +26,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, make_
 from tqdm import tqdm
 
 from atomic import write_json
-from checkpoint import find_run, load_model
+from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from generation import generate, prompt_logprobs
@@ -161,9 +161,7 @@ def main(argv):
         fail(e)
     try:
         device, dtype = resolve_device(c["device"], c["dtype"])
-        if c["init_from"] == "resume":
-            c["out_dir"] = find_run(c["out_dir"], c["checkpoint"])
-        model, tokenizer, _ = load_model(c["init_from"], c["out_dir"], c["checkpoint"])
+        model, tokenizer, trained = load_model(c["init_from"], c["out_dir"], c["checkpoint"])
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)
     model.eval().to(device)
@@ -174,8 +172,8 @@ def main(argv):
     except ValueError as e:  # characters a char model never saw, ...
         fail(e)
     print(make_table(results))
-    out_file = c["out_file"] or str(Path(c["out_dir"] if c["init_from"] == "resume" else ".") / "harness.json")
-    report["model"] = c["out_dir"] if c["init_from"] == "resume" else c["init_from"]
+    out_file = c["out_file"] or str(Path(trained["out_dir"] or ".") / "harness.json")
+    report["model"] = trained["out_dir"] or c["init_from"]
     try:
         write_json(out_file, report)
     except OSError as e:

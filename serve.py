@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 
 from chat import fit_context
 from chat_template import CHAT_TEMPLATE, END, ROLES, render_prompt
-from checkpoint import find_run, load_model
+from checkpoint import load_model
 from configurator import configure
 from device import autocast_for, resolve_device
 from engine import Engine, Job
@@ -598,13 +598,11 @@ def main(argv):
         fail(e)
     autocast = autocast_for(device, dtype)
     try:
-        if config["init_from"] == "resume":
-            config["out_dir"] = find_run(config["out_dir"], config["checkpoint"])
         model, tokenizer, trained = load_model(config["init_from"], config["out_dir"], config["checkpoint"])
     except (OSError, ValueError, RuntimeError) as e:
         fail(e)
     model.eval().to(device)
-    name = Path(config["out_dir"] if config["init_from"] == "resume" else config["init_from"]).name
+    name = Path(trained["out_dir"] or config["init_from"]).name
     info = model_info(model, tokenizer, trained, name, device, dtype)
     app = create_app(model, tokenizer, info, config, autocast)
 

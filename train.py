@@ -527,8 +527,10 @@ def in_lockstep(batches, c, p):
         dist.all_reduce(more)
         if not more.item():
             return
-        empty = torch.zeros(c.batch_size, c.block_size, dtype=torch.long)
-        yield batch if batch is not None else (empty, empty - 1)
+        if batch is None:
+            empty = torch.zeros(c.batch_size, c.block_size, dtype=torch.long)
+            batch = empty, empty - 1
+        yield batch
 
 
 # -----------------------------------------------------------------------------
