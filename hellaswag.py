@@ -196,7 +196,12 @@ def evaluate(model, tokenized, batch_size, device, autocast=nullcontext(), compi
     r, r + world_size, ... and the counts are summed, so the result does not depend on world_size."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = tokenized[rank::world_size]
-    losses, counts = ending_losses(model, mine, batch_size, device, autocast, compile, progress and rank == 0)
+    # Every rank runs as many forward passes, as FSDP's ranks must (each block's parameters are gathered
+    # from all of them): a rank with an example fewer than the others scores the first one too, uncounted.
+    most = -(-len(tokenized) // world_size)  # the examples of the ranks that have the most
+    padded = mine + tokenized[:most - len(mine)]
+    losses, counts = ending_losses(model, padded, batch_size, device, autocast, compile, progress and rank == 0)
+    losses, counts = losses[:len(mine)], counts[:len(mine)]
     labels = torch.tensor([label for _, _, label in mine], dtype=torch.long)
     totals = torch.tensor([len(mine), (losses.argmin(1) == labels).sum().item(),
                            ((losses / counts).argmin(1) == labels).sum().item()], dtype=torch.long, device=device)

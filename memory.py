@@ -2,7 +2,7 @@
 What training a GPT holds in each rank's memory, from its settings alone: the weights, their
 gradients, the optimizer's state and the activations that a micro-batch keeps for the backward
 pass. train.py prints it before it builds the model, and on a GPU too small for it stops and names
-a setting that would make it fit.
+a setting that would make it fit; with batch_size=auto it takes the largest micro-batch that fits.
 
 Weights and gradients are float32 (4 bytes a parameter), AdamW keeps two moments (8 bytes), Muon
 one (4 bytes); FSDP splits each parameter's rows over the ranks, and on GPUs gathers a block's
@@ -81,3 +81,11 @@ def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_check
                     f"the tokens a step)")
     more = "more GPUs" if fsdp else "--fsdp=True over more GPUs"
     return f"{line}, even at batch_size=1 with activation checkpointing: {more}"
+
+
+def fitting_batch_sizes(config, batch_sizes, world_size, fsdp, muon, half, activation_checkpointing, capacity):
+    """Those of batch_sizes whose estimate fits in capacity bytes (a tenth left, as what_fits leaves),
+    largest first."""
+    settings = dict(fsdp=fsdp, muon=muon, half=half, activation_checkpointing=activation_checkpointing)
+    return [b for b in sorted(batch_sizes, reverse=True)
+            if sum(estimate(config, b, world_size, **settings).values()) <= 0.9 * capacity]

@@ -28,6 +28,10 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    set_model_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -54,7 +58,7 @@ from data import ShardLoader, dataset_dir, read_meta, whole_split_batches
 from device import DTYPES, autocast_for, gpu_peak_flops, resolve_device
 from evaluate import in_units, loss_sums
 from hf import from_pretrained
-from memory import describe, estimate, what_fits
+from memory import describe, estimate, fitting_batch_sizes, what_fits
 from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
 from optim import configure_optimizers
 from plot import BackgroundPlot
@@ -91,6 +95,7 @@ DEFAULTS = dict(
     gradient_accumulation_steps=1,  # micro-steps per optimizer step, over all ranks together
     total_batch_size=None,  # tokens per optimizer step; when set, gradient_accumulation_steps follows from it
     batch_size=64,  # sequences per micro-step, per rank
+    auto_batch_size=False,  # True: batch_size becomes the most sequences a micro-step that fit (total_batch_size kept)
     block_size=256,
     # model
     n_layer=6,
@@ -228,6 +233,9 @@ def check_config(config):
     at_least = dict(eval_interval=1, log_interval=1, eval_iters=0, batch_size=1, block_size=1, n_layer=1, n_head=1,
                     n_embd=1, gradient_accumulation_steps=1, max_iters=0, warmup_iters=0, lr_decay_iters=0,
                     hellaswag_interval=0)
+    if config["auto_batch_size"] and config["total_batch_size"] is None:
+        fail("auto_batch_size=True keeps the tokens of an optimizer step: set them with --total_batch_size, "
+             "e.g. 524288 (GPT-2's)")
     for key, low in at_least.items():
         if not isinstance(config[key], int) or config[key] < low:
             fail(f"{key}={config[key]!r}: it must be a whole number, at least {low}")
@@ -247,16 +255,13 @@ def check_config(config):
     if total is not None and (not isinstance(total, int) or total < 1):
         fail(f"total_batch_size={total!r}: give a number of tokens, or None")
     choices = dict(dtype=("auto", *DTYPES), backend=("auto", "nccl", "gloo"), compile=(None, True, False),
-                   optimizer=("adamw", "muon"), fsdp=(False, True))
+                   optimizer=("adamw", "muon"), fsdp=(False, True), auto_batch_size=(False, True))
     for key, allowed in choices.items():
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
     if config["fsdp"] and config["harness_tasks"]:
         fail("harness_tasks with fsdp=True: the harness scores a whole model, not shards; score the run's "
              "checkpoint with harness.py instead")
-    if config["fsdp"] and config["hellaswag_interval"]:
-        fail("hellaswag_interval with fsdp=True: HellaSwag is not scored during sharded training yet; score the "
-             "run's checkpoint with hellaswag.py instead")
     init = config["init_from"]
     if init not in ("scratch", "resume", *PRESETS) and not os.path.exists(init):
         fail(f"init_from={init!r}: use scratch, resume, {', '.join(PRESETS)} or a local directory to fine-tune: a "
@@ -297,21 +302,21 @@ def start_processes(c):
                            autocast=autocast_for(device, dtype))
 
 
-def batch_shape(c, world_size):
+def batch_shape(c, world_size, batch_size):
     """(this rank's micro-steps per optimizer step, the tokens of an optimizer step over all ranks)."""
     micro_steps = c.gradient_accumulation_steps  # per optimizer step, over all ranks together
     if c.total_batch_size is not None:
-        micro_tokens = c.batch_size * c.block_size * world_size
+        micro_tokens = batch_size * c.block_size * world_size
         if c.total_batch_size % micro_tokens:
             fits = max(1, round(c.total_batch_size / micro_tokens)) * micro_tokens
             fail(f"total_batch_size={c.total_batch_size} is not a multiple of batch_size * block_size * world_size "
                  f"= {micro_tokens}: use --total_batch_size={fits}, or another batch_size")
-        micro_steps = c.total_batch_size // (c.batch_size * c.block_size)
+        micro_steps = c.total_batch_size // (batch_size * c.block_size)
     if micro_steps % world_size:
         fits = -(-micro_steps // world_size) * world_size  # the next multiple of world_size
         fail(f"gradient_accumulation_steps={micro_steps} does not divide among {world_size} processes: "
              f"use --gradient_accumulation_steps={fits}, or a number of processes that divides {micro_steps}")
-    return micro_steps // world_size, micro_steps * c.batch_size * c.block_size
+    return micro_steps // world_size, micro_steps * batch_size * c.block_size
 
 
 def load_data(c, p):
@@ -392,17 +397,89 @@ def fine_tuned_run(c, overrides, data_dir, meta):
     return model
 
 
+def model_to_shard(c, overrides, ckpt, data_dir, meta, loaders, p):
+    """FSDP: (the model to shard, the weights that its shards take: a whole state dict on rank 0, {}
+    on the others). Rank 0 builds the model on its CPU as build_model does; the other ranks build its
+    shape on the meta device, which allocates nothing, so a node holds it whole once, not once a GPU.
+    A resumed run's ranks all build on the meta device and read their shards (weights None)."""
+    if c.init_from == "resume":
+        with torch.device("meta"):
+            return build_model(c, overrides, ckpt, data_dir, meta, loaders), None
+    model = build_model(c, overrides, ckpt, data_dir, meta, loaders) if p.master else None
+    config = [model and model.config]
+    dist.broadcast_object_list(config)  # the shape as rank 0 settled it (a fine-tuned run's crop, a grown vocabulary)
+    if p.master:
+        return model, model.state_dict()
+    with torch.device("meta"):
+        model = GPT(config[0])
+    model.activation_checkpointing = c.activation_checkpointing
+    return model, {}
+
+
+def memory_settings(c, p):
+    """What memory.py's estimate takes from the run, but the model and the batch."""
+    return dict(fsdp=c.fsdp, muon=c.optimizer == "muon", half=p.dtype != "float32",
+                activation_checkpointing=c.activation_checkpointing)
+
+
 def check_memory(c, p, config):
     """What a rank will hold for a model of config (memory.py's estimate, {part: bytes}); on a GPU
-    too small for it, one line that names a setting that would make it fit."""
-    settings = dict(fsdp=c.fsdp, muon=c.optimizer == "muon", half=p.dtype != "float32",
-                    activation_checkpointing=c.activation_checkpointing)
+    too small for it, one line that names a setting that would make it fit (auto_batch_size: at 1)."""
+    batch_size = 1 if c.auto_batch_size else c.batch_size
     if p.device_type == "cuda":
-        why = what_fits(config, c.batch_size, p.world_size, capacity=torch.cuda.get_device_properties(p.device)
-                        .total_memory, **settings)
+        why = what_fits(config, batch_size, p.world_size, capacity=device_memory(p), **memory_settings(c, p))
         if why:
             fail(why)
-    return estimate(config, c.batch_size, p.world_size, **settings)
+    return estimate(config, batch_size, p.world_size, **memory_settings(c, p))
+
+
+def device_memory(p):
+    """Bytes that this process may fill: its GPU's, or its share of the machine's memory."""
+    if p.device_type == "cuda":
+        return torch.cuda.get_device_properties(p.device).total_memory
+    if p.device_type == "mps":
+        return torch.mps.recommended_max_memory()
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def fitting_batch_size(c, p, model):
+    """auto_batch_size: the largest micro-batch that divides this rank's share of total_batch_size and
+    fits: within the device's memory by memory.py's estimate, and on a GPU also in a forward and backward
+    pass beside the optimizer state to come. Not under FSDP, where the ranks gather parameters together
+    and one that ran out could not tell the others: there the estimate decides. The ranks take the
+    smallest of their answers."""
+    share = c.total_batch_size // (c.block_size * p.world_size)  # batch_shape has checked that it divides
+    candidates = fitting_batch_sizes(model.config, [b for b in range(1, share + 1) if share % b == 0], p.world_size,
+                                     capacity=device_memory(p), **memory_settings(c, p)) or [1]
+    if p.device_type == "cuda" and not c.fsdp:
+        reserve = estimate(model.config, 1, p.world_size, **memory_settings(c, p))["optimizer"]
+        candidates = [next((b for b in candidates if runs_on_gpu(model, b, reserve, c, p)), 1)]
+    batch_size = torch.tensor(candidates[0], device=p.device)
+    if p.distributed:
+        dist.all_reduce(batch_size, op=dist.ReduceOp.MIN)
+    return batch_size.item()
+
+
+def runs_on_gpu(model, batch_size, reserve, c, p):
+    """Whether a forward and backward pass of batch_size rows runs beside reserve more bytes (the
+    optimizer's state, which its first step makes); the RNG and the gradients are left as they were."""
+    try:
+        with torch.random.fork_rng(devices=[p.device]):
+            trial_step(model, batch_size, reserve, c, p)
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+
+
+def trial_step(model, batch_size, reserve, c, p):
+    held = torch.empty(reserve, dtype=torch.uint8, device=p.device)  # noqa: F841 (held while the pass runs)
+    x = torch.zeros(batch_size, c.block_size, dtype=torch.long, device=p.device)
+    with p.autocast:
+        _, loss = model(x, x)
+    loss.backward()
 
 
 def build_optimizer(c, model, p):
@@ -426,6 +503,14 @@ def shard(model, p):
     for block in model.transformer.h:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+
+
+def take_shards(model, weights, p):
+    """The sharded model's parameters made on the device, each rank's rows of rank 0's weights, sent
+    out a tensor at a time; or, resuming (weights None), left for restore_shards to fill."""
+    model.to_empty(device=p.device)
+    if weights is not None:
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def wrap(model, use_compile, ddp, p):
@@ -723,13 +808,24 @@ def main(argv):
     c = SimpleNamespace(**config)  # every setting read by its name: c.batch_size
     tasks = harness_tasks(c)
     p = start_processes(c)
-    accum_steps, tokens_per_iter = batch_shape(c, p.world_size)
+    # auto_batch_size: a micro-batch of 1 here, to check total_batch_size; the one that fits is found below
+    accum_steps, tokens_per_iter = batch_shape(c, p.world_size, 1 if c.auto_batch_size else c.batch_size)
     data_dir, meta, train_loader, val_loader = load_data(c, p)
-    raw_model = build_model(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader))  # on the CPU
+    if c.fsdp:  # the model whole on rank 0's CPU at most: the other ranks build its shape on the meta device
+        raw_model, weights = model_to_shard(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader), p)
+    else:
+        raw_model = build_model(c, overrides, ckpt, data_dir, meta, (train_loader, val_loader))  # on the CPU
     memory = check_memory(c, p, raw_model.config)  # before the device holds any of it
-    if c.fsdp:  # before the optimizer, which must hold the sharded parameters; FSDP takes the model to the
-        shard(raw_model, p)  # device a block at a time, where each rank keeps its shards: it is never whole there
-    raw_model.to(p.device)
+    if c.fsdp:  # before the optimizer, which must hold the sharded parameters: the device only ever holds shards
+        shard(raw_model, p)
+        take_shards(raw_model, weights, p)
+    else:
+        raw_model.to(p.device)
+    if c.auto_batch_size:  # the most sequences a micro-step that fit, the tokens a step kept by accumulation
+        c.batch_size = fitting_batch_size(c, p, raw_model)
+        accum_steps, tokens_per_iter = batch_shape(c, p.world_size, c.batch_size)
+        train_loader, val_loader = load_data(c, p)[2:]  # the loaders' batches have the new size
+        memory = estimate(raw_model.config, c.batch_size, p.world_size, **memory_settings(c, p))
     tokenizer = or_fail(get_tokenizer, meta)
     units = torch.tensor(tokenizer.units_per_token(), device=p.device)  # characters or bytes: losses in bits per unit
     if c.hellaswag_interval:
@@ -763,8 +859,9 @@ def main(argv):
             if c.hellaswag_interval and (c.eval_only or iter_num != resumed_at and (
                     iter_num % c.hellaswag_interval == 0 or iter_num == c.max_iters)):
                 # the bare model, in graphs of its own; batch_size rows (4 an example), no more than a micro-step
+                # (eager under FSDP, whose compiled graphs are the training step's)
                 n, acc, acc_norm = hellaswag.evaluate(raw_model, hellaswag_examples, max(1, c.batch_size // 4),
-                                                      p.device, p.autocast, use_compile)
+                                                      p.device, p.autocast, use_compile and not c.fsdp)
                 log({"iter": iter_num, "hellaswag_acc": acc, "hellaswag_acc_norm": acc_norm})
                 if p.master:
                     print(f"iter {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n} examples)")

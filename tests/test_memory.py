@@ -106,6 +106,14 @@ def test_each_fsdp_rank_holds_its_share(tmp_path):
         assert 0.5 <= estimated[part] / whole[part] < 0.52
 
 
+def test_the_batch_sizes_that_fit_are_those_whose_estimate_fits():
+    config = GPTConfig(**SHAPE)
+    settings = dict(fsdp=False, muon=False, half=False, activation_checkpointing=False)
+    need = {b: sum(memory.estimate(config, b).values()) for b in (1, 2, 4, 8)}
+    assert memory.fitting_batch_sizes(config, [1, 2, 4, 8], 1, capacity=need[4] / 0.9 + 1, **settings) == [4, 2, 1]
+    assert memory.fitting_batch_sizes(config, [8, 1], 1, capacity=need[1] / 0.9 - 1, **settings) == []
+
+
 def test_a_gpu_too_small_is_told_what_would_fit():
     xl = GPTConfig(vocab_size=50304, block_size=1024, n_layer=48, n_head=25, n_embd=1600, dropout=0.0)
     gpt2 = GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 import data
+import memory
 import prepare_chat
 import prepare_shakespeare
 import sample as sample_py
@@ -202,11 +204,71 @@ def test_fsdp_matches_one_process_with_the_modern_switches_and_muon(char_data, t
                                    tmp_path, "--fsdp=True")
 
 
+def train_with(tmp_path, prelude, *args, launcher=TORCHRUN):
+    """train.py's main under torchrun after prelude, Python that each rank runs first (to watch or
+    break a part of it), in a script of tmp_path's."""
+    script = tmp_path / "train_with.py"
+    script.write_text(f"import os, sys\nsys.path.insert(0, {str(REPO)!r})\n{prelude}\n"
+                      "import train\ntrain.main(sys.argv[1:])\n")
+    return run(str(script), *args, launcher=launcher, check=False)
+
+
+# each rank notes where it built the model's parameters, in folder/rank0, folder/rank1
+WHERE_BUILT = """
+import checkpoint, model, train
+class Noted(model.GPT):
+    def __init__(self, config):
+        super().__init__(config)
+        with open(os.path.join({folder!r}, f"rank{{os.environ['RANK']}}"), "a") as f:
+            f.write(next(self.parameters()).device.type + " ")
+checkpoint.GPT = train.GPT = model.GPT = Noted
+"""
+
+
+@pytest.mark.ddp
+def test_fsdp_builds_the_model_whole_on_rank_0_alone(fsdp_run, char_data, tmp_path):
+    def built_on(out_dir, *args):
+        notes = tmp_path / f"{out_dir.name}_notes"
+        notes.mkdir()
+        result = train_with(tmp_path, WHERE_BUILT.format(folder=str(notes)), *TINY_RUN, f"--dataset={char_data}",
+                            "--fsdp=True", f"--out_dir={out_dir}", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [(notes / f"rank{r}").read_text().split() for r in (0, 1)]
+
+    # new: rank 0 builds it on its CPU, rank 1 only its shape; resumed: each rank only its shape
+    assert built_on(tmp_path / "new", "--max_iters=1") == [["cpu"], ["meta"]]
+    # fine-tuned: rank 1 takes the shape that rank 0 settled, its context cropped (rank 0 reads the
+    # sharded run into a model of its own first)
+    rank0, rank1 = built_on(tmp_path / "tuned", f"--init_from={fsdp_run}", "--block_size=16", "--max_iters=1")
+    assert set(rank0) == {"cpu"} and rank1 == ["meta"]
+    shutil.copytree(fsdp_run, tmp_path / "run")
+    assert built_on(tmp_path / "run", "--max_iters=5") == [["meta"], ["meta"]]
+
+
+# rank 1 dies (SIGKILL) in the save at iter 8, once its shard is written, before the checkpoint is whole
+KILLED_IN_SAVE = """
+import signal
+from torch.distributed.checkpoint import FileSystemWriter
+write_data, saves = FileSystemWriter.write_data, []
+def write_then_die(self, plan, planner):
+    written = write_data(self, plan, planner)
+    saves.append(written.wait())
+    if os.environ["RANK"] == "1" and len(saves) == 2:  # the save at iter 4, then the one at iter 8
+        os.kill(os.getpid(), signal.SIGKILL)
+    return written
+FileSystemWriter.write_data = write_then_die
+"""
+
+
 @pytest.mark.ddp
 def test_fsdp_resumes_exactly_and_on_another_number_of_ranks(char_data, tmp_path):
     common = [*TINY_RUN, f"--dataset={char_data}", "--fsdp=True", "--dropout=0.0"]
     train(*common, f"--out_dir={tmp_path / 'whole'}", "--max_iters=8", launcher=TORCHRUN)
-    train(*common, f"--out_dir={tmp_path / 'cut'}", "--max_iters=4", launcher=TORCHRUN)
+    # a rank killed in the middle of a save: the job ends, and the checkpoint before it is what is there
+    killed = train_with(tmp_path, KILLED_IN_SAVE, *common, f"--out_dir={tmp_path / 'cut'}", "--max_iters=8")
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, killed.stderr
+    assert (tmp_path / "cut" / "ckpt.tmp").is_dir() and not (tmp_path / "cut" / "ckpt.tmp" / ".metadata").exists()
+    assert load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))["iter_num"] == 4
     shutil.copytree(tmp_path / "cut", tmp_path / "on_one")
     train(f"--out_dir={tmp_path / 'cut'}", "--init_from=resume", "--max_iters=8", launcher=TORCHRUN)
     whole = load_checkpoint(str(tmp_path / "whole" / "ckpt.pt"))
@@ -429,8 +491,8 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--init_from=gpt2"], "init_from=gpt2 needs a GPT-2 BPE dataset, but"),  # said before any download
     (["--total_batch_size=0"], "total_batch_size=0: give a number of tokens, or None"),
     (["--fsdp=True"], "fsdp=True shards over torchrun's processes: launch with `torchrun --standalone"),
-    (["--fsdp=True", "--hellaswag_interval=2"], "hellaswag_interval with fsdp=True: HellaSwag is not scored"),
     (["--fsdp=True", "--harness_tasks=piqa"], "harness_tasks with fsdp=True: the harness scores a whole model"),
+    (["--auto_batch_size=True"], "auto_batch_size=True keeps the tokens of an optimizer step: set them with"),
 ])
 def test_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
@@ -491,6 +553,40 @@ def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_auto_batch_size_takes_the_largest_micro_batch_that_fits(char_data, tmp_path, monkeypatch):
+    # 16 sequences a step, memory for a micro-batch of 4 at most: the run of --batch_size=4, 4 micro-steps
+    config = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    monkeypatch.setattr(train_py, "device_memory", lambda p: sum(memory.estimate(config, 4).values()) / 0.9 + 1)
+    common = [*TINY_RUN, f"--dataset={char_data}", "--total_batch_size=512", "--max_iters=4"]
+    auto = train(*common, "--auto_batch_size=True", f"--out_dir={tmp_path / 'auto'}")
+    train(*common, "--batch_size=4", f"--out_dir={tmp_path / 'four'}")
+    assert "512 tokens per iteration = 1 x 4 micro-steps x 4 x 32" in auto.stdout
+    assert read_log(tmp_path / "auto") == read_log(tmp_path / "four")
+    assert load(tmp_path / "auto")["config"]["batch_size"] == 4
+
+
+@pytest.mark.ddp
+def test_auto_batch_size_under_torchrun_is_each_ranks_share(char_data, tmp_path):
+    # 32 sequences a step over 2 ranks, and memory for all of them: 16 a rank, in one micro-step
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", "--auto_batch_size=True",
+                   "--total_batch_size=1024", "--max_iters=1", "--fsdp=True", launcher=TORCHRUN)
+    assert "1,024 tokens per iteration = 2 x 1 micro-steps x 16 x 32" in result.stdout
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_auto_batch_size_on_a_gpu_takes_the_largest_that_a_trial_step_runs(monkeypatch, fsdp):
+    # the estimate lets 8 of 8 through, a forward and backward pass only 2; under FSDP the estimate decides
+    tried = []
+    monkeypatch.setattr(train_py, "device_memory", lambda p: 1e12)
+    monkeypatch.setattr(train_py, "runs_on_gpu", lambda model, b, reserve, c, p: tried.append(b) or b <= 2)
+    c = SimpleNamespace(total_batch_size=8 * 32, block_size=32, fsdp=fsdp, optimizer="adamw",
+                        activation_checkpointing=False)
+    p = SimpleNamespace(device_type="cuda", device="cpu", dtype="bfloat16", world_size=1, distributed=False)
+    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=1, n_head=1, n_embd=8))
+    assert train_py.fitting_batch_size(c, p, model) == (8 if fsdp else 2)
+    assert tried == ([] if fsdp else [8, 4, 2])
+
+
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_file(char_data, tmp_path):
     import resource
 
@@ -651,11 +747,18 @@ def test_resume_is_exact_with_hellaswag(gpt2_data, hellaswag_args, tmp_path):
 
 
 @pytest.mark.ddp
-def test_hellaswag_under_ddp_matches_one_process(gpt2_data, hellaswag_args, tmp_path):
-    # the examples are split over the 2 gloo ranks and their counts summed
-    common = [*TINY_RUN, *hellaswag_args, f"--dataset={gpt2_data}", "--dropout=0.0", "--max_iters=2"]
+@pytest.mark.parametrize("parallel", [[], ["--fsdp=True"]], ids=["ddp", "fsdp"])
+def test_hellaswag_under_torchrun_matches_one_process(gpt2_data, hellaswag_args, tmp_path, parallel):
+    # the examples are split over the 2 gloo ranks and their counts summed; 7 of them, so that FSDP's
+    # second rank scores one more than its own, in lockstep with the first
+    hellaswag_file = hellaswag_args[0].split("=", 1)[1]
+    seven = tmp_path / "seven.jsonl"
+    seven.write_text("".join(Path(hellaswag_file).read_text().splitlines(keepends=True)[:7]))
+    common = [*TINY_RUN, f"--hellaswag_file={seven}", "--hellaswag_interval=2", f"--dataset={gpt2_data}",
+              "--dropout=0.0", "--max_iters=2"]
     train(*common, f"--out_dir={tmp_path / 'single'}")
-    result = train(*common, f"--out_dir={tmp_path / 'ddp'}", launcher=TORCHRUN)
+    result = train(*common, *parallel, f"--out_dir={tmp_path / 'ddp'}", launcher=TORCHRUN)
+    assert "(7 examples)" in result.stdout
     assert result.stdout.count("iter 2: hellaswag acc") == 1
     single, ddp = ([r for r in read_log(tmp_path / run) if "hellaswag_acc" in r] for run in ("single", "ddp"))
     assert [r["iter"] for r in single] == [r["iter"] for r in ddp] == [0, 2]
