@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import data
+import export as export_py
 import memory
 import prepare_chat
 import prepare_shakespeare
@@ -282,6 +283,22 @@ def test_fsdp_resumes_exactly_and_on_another_number_of_ranks(char_data, tmp_path
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in ("train_loss", "val_loss") if k in a)
 
 
+@pytest.mark.ddp
+def test_fsdp_refuses_what_it_cannot_shard_in_one_line(fsdp_run, char_data, tmp_path):
+    shutil.copytree(fsdp_run, tmp_path / "run")
+    # resumed on 3 ranks: its 2 micro-steps a step do not divide among them
+    result = train(f"--out_dir={tmp_path / 'run'}", "--init_from=resume", "--max_iters=6",
+                   launcher=[*TORCHRUN[:-1], "--nproc_per_node=3"], check=False)
+    assert result.returncode != 0 and result.stderr.count("error: gradient_accumulation_steps=2 does not divide among "
+                                                          "3 processes") == 1
+    # float16's loss scaling
+    result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path / 'run'}", "--fsdp=True",
+                   "--dtype=float16", launcher=TORCHRUN_1, check=False)
+    assert result.returncode != 0 and "error: fsdp=True trains in bfloat16 or float32" in result.stderr
+    assert load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))["iter_num"] == 4  # nothing lost
+    assert read_log(tmp_path / "run") == read_log(fsdp_run)
+
+
 def test_a_sharded_run_reads_as_any_run(fsdp_run, tmp_path):
     with warnings.catch_warnings(record=True) as caught:  # nothing on stderr but what the script says
         warnings.simplefilter("always")
@@ -291,6 +308,15 @@ def test_a_sharded_run_reads_as_any_run(fsdp_run, tmp_path):
     result = run_main(sample_py.main, f"--out_dir={fsdp_run}", "--device=cpu", "--num_samples=1",
                       "--max_new_tokens=5", "--start=ROMEO:")
     assert result.returncode == 0 and result.stdout.startswith("ROMEO:")
+    # exported, its shards gathered: transformers' GPT-2 gives the checkpoint's logits
+    transformers = pytest.importorskip("transformers")
+    assert run_main(export_py.main, f"--out_dir={fsdp_run}", f"--to={tmp_path / 'hf'}").returncode == 0
+    exported = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    model = GPT(GPTConfig(**ckpt["model_args"])).eval()
+    model.load_state_dict(load_checkpoint(str(fsdp_run / "ckpt.pt"))["model"])
+    x = torch.randint(0, 65, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x).logits, model(x, x)[0], atol=1e-5, rtol=0)
 
 
 def test_a_sharded_checkpoint_cut_short_is_never_read(fsdp_run, tmp_path):
@@ -552,7 +578,6 @@ def test_torchrun_with_accumulation_that_does_not_divide(char_data, tmp_path):
                                "use --gradient_accumulation_steps=6, or a number of processes that divides 5") == 1
 
 
-@pytest.mark.slow
 def test_auto_batch_size_takes_the_largest_micro_batch_that_fits(char_data, tmp_path, monkeypatch):
     # 16 sequences a step, memory for a micro-batch of 4 at most: the run of --batch_size=4, 4 micro-steps
     config = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
@@ -587,6 +612,7 @@ def test_auto_batch_size_on_a_gpu_takes_the_largest_that_a_trial_step_runs(monke
     assert tried == ([] if fsdp else [8, 4, 2])
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temp_file(char_data, tmp_path):
     import resource
 
