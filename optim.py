@@ -6,7 +6,10 @@ GradScaler and checkpoints see one optimizer.
 Muon is written here rather than taken from torch.optim.Muon, which it equals in bfloat16 (tested):
 that one orthogonalises in bfloat16 only, which a CPU without bfloat16 hardware (most laptops)
 computes several times slower than float32, and under FSDP it takes the local shard of a parameter
-for the matrix; here an FSDP shard is orthogonalised as the whole matrix.
+for the matrix; here an FSDP shard is orthogonalised as the whole matrix. Two later refinements are
+opt-in (measured in docs/evaluation.md): Polar Express's coefficients, a different polynomial at each
+Newton-Schulz step (Amsel et al., 2025, as modded-nanogpt and nanochat use them), and NorMuon's
+variance normalisation of each neuron's update (Li et al., 2025, as nanochat does).
 """
 
 import math
@@ -18,7 +21,8 @@ from device import fast_bfloat16
 
 
 def configure_optimizers(model, weight_decay, learning_rate, betas, device_type, muon=None):
-    """AdamW for a GPT; or, given muon=dict(lr=..., weight_decay=..., momentum=...), Muon for the
+    """AdamW for a GPT; or, given muon=dict(lr=..., weight_decay=..., momentum=..., and optionally
+    coefficients=..., beta2=...), Muon for the
     blocks' matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one.
     Muon orthogonalises in bfloat16 where its matrix products are fast, else in float32."""
     hidden = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
@@ -41,11 +45,19 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D matrices: SGD with Nesterov momentum whose update is replaced by the nearest
     semi-orthogonal matrix (its singular values taken to about 1), then scaled by
     sqrt(max(1, rows / cols)), Keller Jordan's rule, which modded-nanogpt's rates assume. Weight
-    decay is decoupled, as AdamW's: the weights shrink by lr * weight_decay each step."""
+    decay is decoupled, as AdamW's: the weights shrink by lr * weight_decay each step.
 
-    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, ns_dtype=torch.bfloat16, ns_steps=5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.ns_dtype, self.ns_steps = ns_dtype, ns_steps
+    coefficients: "jordan" (Keller Jordan's, the same at every step) or "polar_express" (one
+    polynomial a step). beta2 > 0: each row's update (each column's, for a wide matrix) is divided
+    by the root of a running mean of its squares, then the whole rescaled to the norm it had
+    (NorMuon), so that no neuron learns faster than the others because of its scale."""
+
+    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, ns_dtype=torch.bfloat16, ns_steps=5,
+                 coefficients="jordan", beta2=0.0):
+        if coefficients not in COEFFICIENTS:
+            raise ValueError(f"coefficients={coefficients!r}: use one of {', '.join(map(repr, COEFFICIENTS))}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, beta2=beta2))
+        self.ns_dtype, self.ns_steps, self.coefficients = ns_dtype, ns_steps, coefficients
 
     @torch.no_grad()
     def step(self):
@@ -57,28 +69,59 @@ class Muon(torch.optim.Optimizer):
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf = self.state[p]["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), self.ns_dtype, self.ns_steps)
+                update = orthogonalise(p.grad.lerp(buf, group["momentum"]), self.ns_dtype, self.ns_steps,
+                                       self.coefficients)
+                if group["beta2"]:
+                    update = normalise_variance(update, self.state[p], group["beta2"])
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * math.sqrt(max(1, p.shape[0] / p.shape[1])))
 
 
-def orthogonalise(g, dtype, steps):
-    """About U V^T of g = U S V^T: a quintic Newton-Schulz iteration in dtype, with Keller Jordan's
-    coefficients, which take the singular values near 1 (between about 0.7 and 1.2) in 5 steps
-    rather than exactly to 1 in more. An FSDP shard is orthogonalised as the whole matrix it is
-    part of: every rank gathers the matrix, and keeps its own part of the result."""
+# (a, b, c) of each Newton-Schulz step X <- a X + (b A + c A^2) X, A = X X^T; the last repeats.
+# Keller Jordan's take the singular values to between about 0.7 and 1.2 in 5 steps rather than
+# exactly to 1 in more. Polar Express's are the minimax polynomials for 5 steps (safety factor
+# 2e-2, cushion 2, from the paper), closer to 1 at the same cost.
+COEFFICIENTS = {
+    "jordan": [(3.4445, -4.7750, 2.0315)],
+    "polar_express": [(8.156554524902461, -22.48329292557795, 15.878769915207462),
+                      (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                      (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                      (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                      (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)],
+}
+
+
+def orthogonalise(g, dtype, steps, coefficients="jordan"):
+    """About U V^T of g = U S V^T: a quintic Newton-Schulz iteration in dtype. An FSDP shard is
+    orthogonalised as the whole matrix it is part of: every rank gathers the matrix, and keeps its
+    own part of the result."""
     if isinstance(g, DTensor):
-        return distribute_tensor(orthogonalise(g.full_tensor(), dtype, steps), g.device_mesh, g.placements,
-                                 src_data_rank=None)
-    a, b, c = 3.4445, -4.7750, 2.0315
+        return distribute_tensor(orthogonalise(g.full_tensor(), dtype, steps, coefficients), g.device_mesh,
+                                 g.placements, src_data_rank=None)
     x = g.to(dtype)
     wide = x.size(0) <= x.size(1)
     x = x if wide else x.T  # X X^T is the smaller Gram matrix
-    x = x / x.norm().clamp(min=1e-7)  # singular values at most 1, where the iteration converges
-    for _ in range(steps):
+    # singular values at most 1, where the iteration converges; Polar Express's with a margin, as its
+    # polynomials were fitted to that interval
+    x = x / x.norm().clamp(min=1e-7) if coefficients == "jordan" else x / (x.norm() * 1.01 + 1e-6)
+    table = COEFFICIENTS[coefficients]
+    for step in range(steps):
+        a, b, c = table[min(step, len(table) - 1)]
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A^2) X
     return x if wide else x.T
+
+
+def normalise_variance(update, state, beta2):
+    """NorMuon: the update with each row (a wide matrix: each column) divided by the root of a
+    running mean of its mean square, kept in state, then scaled back to the update's own norm."""
+    dim = 1 if update.size(0) >= update.size(1) else 0
+    mean_square = update.float().square().mean(dim=dim, keepdim=True)
+    if "second_moment" not in state:
+        state["second_moment"] = torch.zeros_like(mean_square)
+    state["second_moment"].lerp_(mean_square, 1 - beta2)
+    scaled = update * state["second_moment"].clamp(min=1e-10).rsqrt().to(update.dtype)
+    return scaled * (update.norm() / scaled.norm().clamp(min=1e-10))
 
 
 class ChainedOptimizer:

@@ -60,7 +60,7 @@ from evaluate import in_units, loss_sums
 from hf import from_pretrained
 from memory import describe, estimate, fitting_batch_sizes, what_fits
 from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
-from optim import configure_optimizers
+from optim import COEFFICIENTS, configure_optimizers
 from plot import BackgroundPlot
 from tokenizer import get_tokenizer, token_ids
 
@@ -117,6 +117,8 @@ DEFAULTS = dict(
     muon_lr=0.02,  # Muon's peak rate; the schedule scales it as it scales learning_rate
     muon_momentum=0.95,
     muon_weight_decay=0.0,
+    muon_coefficients="jordan",  # Newton-Schulz's: "jordan", or "polar_express" (a polynomial a step)
+    muon_beta2=0.0,  # 0 is off; e.g. 0.9: NorMuon's running mean of each neuron's squared update evens them
     # AdamW
     learning_rate=1e-3,  # a small model takes a higher rate than GPT-2's 6e-4
     max_iters=5000,
@@ -245,7 +247,7 @@ def check_config(config):
     for key in ("min_lr", "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "muon_weight_decay"):
         if config[key] is None or config[key] < 0:
             fail(f"{key}={config[key]!r}: it must be a number, 0 or more")
-    for key in ("dropout", "beta1", "beta2"):
+    for key in ("dropout", "beta1", "beta2", "muon_beta2"):
         if config[key] is None or not 0 <= config[key] < 1:
             fail(f"{key}={config[key]!r}: it must lie in [0, 1)")
     if config["n_embd"] % config["n_head"]:
@@ -255,7 +257,8 @@ def check_config(config):
     if total is not None and (not isinstance(total, int) or total < 1):
         fail(f"total_batch_size={total!r}: give a number of tokens, or None")
     choices = dict(dtype=("auto", *DTYPES), backend=("auto", "nccl", "gloo"), compile=(None, True, False),
-                   optimizer=("adamw", "muon"), fsdp=(False, True), auto_batch_size=(False, True))
+                   optimizer=("adamw", "muon"), fsdp=(False, True), auto_batch_size=(False, True),
+                   muon_coefficients=tuple(COEFFICIENTS))
     for key, allowed in choices.items():
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
@@ -484,8 +487,8 @@ def trial_step(model, batch_size, reserve, c, p):
 
 def build_optimizer(c, model, p):
     """AdamW, or Muon and AdamW, and the loss scaler that float16 needs."""
-    muon = dict(lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.muon_weight_decay) if c.optimizer == "muon" \
-        else None
+    muon = dict(lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.muon_weight_decay,
+                coefficients=c.muon_coefficients, beta2=c.muon_beta2) if c.optimizer == "muon" else None
     opt = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), p.device_type, muon)
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]  # each group's peak rate (Muon's is muon_lr), which the schedule scales
