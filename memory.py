@@ -2,7 +2,7 @@
 What training a GPT holds in each rank's memory, from its settings alone: the weights, their
 gradients, the optimizer's state and the activations that a micro-batch keeps for the backward
 pass. train.py prints it before it builds the model, and on a GPU too small for it stops and names
-a setting that would make it fit; with batch_size=auto it takes the largest micro-batch that fits.
+a setting that would make it fit; with auto_batch_size it takes the largest micro-batch that fits.
 
 Weights and gradients are float32 (4 bytes a parameter), AdamW keeps two moments (8 bytes), Muon
 one (4 bytes); FSDP splits each parameter's rows over the ranks, and on GPUs gathers a block's
