@@ -37,6 +37,8 @@ class GPTConfig:
     tie_embeddings: bool = True  # False: lm_head is its own matrix, not wte
     zero_init_proj: bool = False  # the projections into the residual stream (c_proj) start at zero
     logit_softcap: float = 0.0  # above 0: logits = cap * tanh(logits / cap)
+    value_embeddings: bool = False  # every other layer, the last included, adds a token embedding to the values
+    x0_mixing: bool = False  # each block reads a learned mix of the residual stream and the embedding x0
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -69,11 +71,12 @@ PRESETS = {
 }
 GPT2_VOCAB_SIZE = 50257
 # the fields that depart from GPT-2 when set away from their defaults, which are GPT-2 as it was
-MODERN_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap")
+MODERN_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap",
+                   "value_embeddings", "x0_mixing")
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         if config.n_embd % config.n_head != 0:
             raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
@@ -83,15 +86,23 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # how much of its value embedding each head takes, read from the token: 2 sigmoid(0) = 1 at first
+        self.ve_channels = min(VE_GATE_CHANNELS, config.n_embd)
+        self.ve_gate = nn.Linear(self.ve_channels, config.n_head, bias=False) if has_value_embedding(
+            layer, config) else None
 
-    def forward(self, x, rope=None, mask=None, cache=None):
+    def forward(self, x, rope=None, mask=None, cache=None, ve=None):
         """rope: (cos, sin) of the tokens' positions, for a model with rotary embeddings.
         mask: True where a query may attend, broadcastable to (B, n_head, T, keys): a sliding window
         (a RoPE model reading past block_size) or rows at positions of their own (serve.py's
         engine). Without one, attention is causal. cache: the keys and values of the tokens
-        before x (generation.KVCache), which x's are appended to."""
+        before x (generation.KVCache), which x's are appended to. ve: this layer's value embedding
+        of the tokens (B, T, C), for a model with value_embeddings."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_channels]))  # (B, T, n_head)
+            v = v + (gate[..., None] * ve.view(B, T, self.n_head, C // self.n_head)).view(B, T, C).to(v.dtype)
         # (B, T, C) -> (B, n_head, T, head_size), the layout SDPA wants
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:
@@ -150,15 +161,15 @@ def norm(config):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         self.ln_1 = norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, mask=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, mask, cache)
+    def forward(self, x, rope=None, mask=None, cache=None, ve=None):
+        x = x + self.attn(self.ln_1(x), rope, mask, cache, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -172,9 +183,15 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=None if config.rope else nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=norm(config),
         ))
+        if config.value_embeddings:  # a table per layer that has one, keyed by the layer's number
+            self.transformer.ve = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, config.n_embd)
+                                                 for i in range(config.n_layer) if has_value_embedding(i, config)})
+        if config.x0_mixing:  # block i reads resid_lambdas[i] * x + x0_lambdas[i] * x0: at first x alone
+            self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+            self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
@@ -188,6 +205,8 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if name.endswith("ve_gate.weight"):
+                nn.init.zeros_(p)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -201,6 +220,8 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and self.config.value_embeddings:
+            n -= sum(p.numel() for p in self.transformer.ve.parameters())
         if non_embedding and not self.config.tie_embeddings:
             n -= self.transformer.wte.weight.numel()
         return n
@@ -226,16 +247,19 @@ class GPT(nn.Module):
                 attn_mask = sliding_window_mask(T, self.config.block_size, idx.device)
         else:
             x = x + self.transformer.wpe(pos)
-        x = self.transformer.drop(x)
+        x = x0 = self.transformer.drop(x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
+            if self.config.x0_mixing:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.transformer.ve[str(i)](idx) if block.attn.ve_gate is not None else None
             if kv_caches:
-                x = block(x, rope, attn_mask, kv_caches[i])
+                x = block(x, rope, attn_mask, kv_caches[i], ve)
             elif recompute:
                 # non-reentrant checkpointing restores the RNG state, so dropout masks match on recompute
-                x = checkpoint(block, x, rope, attn_mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, attn_mask, None, ve, use_reentrant=False)
             else:
-                x = block(x, rope, attn_mask)
+                x = block(x, rope, attn_mask, ve=ve)
         x = self.transformer.ln_f(x)
         if targets is None:
             # generation needs only the next token's distribution: skip the other T-1 (large) head matmuls
@@ -279,6 +303,9 @@ class GPT(nn.Module):
         self.transformer.wte.weight = grown(self.transformer.wte.weight)
         self.lm_head.weight = self.transformer.wte.weight if self.config.tie_embeddings else grown(self.lm_head.weight)
         self.transformer.wte.num_embeddings = self.lm_head.out_features = self.config.vocab_size = vocab_size
+        for table in self.transformer.ve.values() if self.config.value_embeddings else ():
+            table.weight = grown(table.weight)
+            table.num_embeddings = vocab_size
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B:
@@ -316,6 +343,16 @@ def apply_rope(x, cos, sin):
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# Value embeddings (modded-nanogpt; nanochat's layout and gate): a layer's values get a token
+# embedding of their own added, scaled per head by a gate read from the first channels of its input.
+VE_GATE_CHANNELS = 32
+
+
+def has_value_embedding(layer, config):
+    """Every other layer, counted back from the last, which always has one."""
+    return config.value_embeddings and layer % 2 == (config.n_layer - 1) % 2
 
 
 def sliding_window_mask(T, block_size, device):

@@ -112,6 +112,8 @@ DEFAULTS = dict(
     tie_embeddings=True,
     zero_init_proj=False,
     logit_softcap=0.0,  # 0 is off; e.g. 15
+    value_embeddings=False,  # every other layer adds a token embedding of its own to attention's values
+    x0_mixing=False,  # each block reads a learned mix of the residual stream and the input embedding
     # optimizer: "adamw", or "muon" for the blocks' matrices with AdamW (the settings below) for the rest
     optimizer="adamw",
     muon_lr=0.02,  # Muon's peak rate; the schedule scales it as it scales learning_rate

@@ -11,7 +11,8 @@ from conftest import tiny_model
 from engine import Engine, Job, SlotCache
 from generation import KVCache, generate
 
-MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0)
+MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0,
+              value_embeddings=True, x0_mixing=True)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "modern"])

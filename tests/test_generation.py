@@ -129,7 +129,8 @@ def sequence_logprob(model, idx, seq):
 
 # ----------------------------------------------------------------------------- beyond GPT-2
 # every switch but zero_init_proj, whose blocks would start as the identity and test nothing
-MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0)
+MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0,
+              value_embeddings=True, x0_mixing=True)
 
 
 def modern_model():

@@ -156,7 +156,7 @@ def test_gpt2_parameter_count_and_flops():
 
 # ----------------------------------------------------------------------------- beyond GPT-2
 SWITCHES = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False,
-                zero_init_proj=True, logit_softcap=15.0)
+                zero_init_proj=True, logit_softcap=15.0, value_embeddings=True, x0_mixing=True)
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -293,6 +293,39 @@ def test_every_switch_trains_causally_and_with_activation_checkpointing(switches
     assert not torch.allclose(after[:, 9], before[:, 9])
 
 
+def with_weights_of(model, plain):
+    """model, with plain's weights wherever it has them."""
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected
+    return missing
+
+
+def test_value_embeddings_on_every_other_layer_ending_with_the_last_and_zero_tables_change_nothing():
+    plain = tiny_model(**{**TINY, "n_layer": 3})
+    model = tiny_model(**{**TINY, "n_layer": 3}, value_embeddings=True)
+    assert sorted(with_weights_of(model, plain)) == ["transformer.h.0.attn.ve_gate.weight",
+                                                     "transformer.h.2.attn.ve_gate.weight",
+                                                     "transformer.ve.0.weight", "transformer.ve.2.weight"]
+    idx = torch.randint(0, 50, (2, 16))
+    differ = full_logits(model, idx)
+    for table in model.transformer.ve.values():
+        torch.nn.init.zeros_(table.weight)
+    torch.testing.assert_close(full_logits(model, idx), full_logits(plain, idx))
+    assert not torch.allclose(differ, full_logits(plain, idx))
+    assert model.num_params() == plain.num_params() + 2 * 2 * 32  # the gates; a table is a lookup
+
+
+def test_x0_mixing_starts_as_the_plain_model_and_its_lambdas_mix_in_the_embedding():
+    plain = tiny_model(**TINY)
+    model = tiny_model(**TINY, x0_mixing=True)
+    assert sorted(with_weights_of(model, plain)) == ["resid_lambdas", "x0_lambdas"]
+    idx = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(full_logits(model, idx), full_logits(plain, idx), atol=0, rtol=0)
+    with torch.no_grad():
+        model.x0_lambdas[1] = 0.5
+    assert not torch.allclose(full_logits(model, idx), full_logits(plain, idx))
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(norm="batchnorm"), "norm='batchnorm': choose one of layernorm, rmsnorm"),
     (dict(mlp_act="swish"), "mlp_act='swish': choose one of gelu, relu2"),
@@ -304,10 +337,11 @@ def test_bad_switches(bad, message):
         GPTConfig(**{**TINY, **bad})
 
 
-@pytest.mark.parametrize("tie_embeddings", [True, False])
-def test_grow_vocab_keeps_the_model_and_starts_new_tokens_as_the_average(tie_embeddings):
+@pytest.mark.parametrize("tie_embeddings, value_embeddings", [(True, False), (False, False), (True, True)])
+def test_grow_vocab_keeps_the_model_and_starts_new_tokens_as_the_average(tie_embeddings, value_embeddings):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, tie_embeddings=tie_embeddings))
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, tie_embeddings=tie_embeddings,
+                          value_embeddings=value_embeddings))
     idx = torch.randint(0, 50, (2, 8))
     before, _ = model(idx)
     model.grow_vocab(64)
@@ -318,6 +352,8 @@ def test_grow_vocab_keeps_the_model_and_starts_new_tokens_as_the_average(tie_emb
     torch.testing.assert_close(after[..., 50:], before.mean(-1, keepdim=True).expand(-1, -1, 14))
     assert (model.lm_head.weight is model.transformer.wte.weight) == tie_embeddings
     assert model.transformer.wte(torch.tensor([63])).shape == (1, 16)  # the new ids are embedded
+    if value_embeddings:
+        assert model.transformer.ve["0"](torch.tensor([63])).shape == (1, 16)
     with pytest.raises(ValueError, match="cannot shrink"):
         model.grow_vocab(10)
 

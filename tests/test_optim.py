@@ -28,6 +28,15 @@ def test_muon_takes_the_blocks_matrices():
     assert len(optimizer.param_groups) == 3 and optimizer.param_groups[2]["lr"] == 0.02
 
 
+def test_muon_takes_the_value_gates_and_adamw_the_value_embeddings_and_lambdas():
+    model = tiny_model(vocab_size=50, value_embeddings=True, x0_mixing=True)
+    adamw, muon = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", dict(lr=0.02)).optimizers
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert "transformer.h.1.attn.ve_gate.weight" in {names[id(p)] for p in muon.param_groups[0]["params"]}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in adamw.param_groups)
+    assert "transformer.ve.1.weight" in decay and {"resid_lambdas", "x0_lambdas"} <= no_decay
+
+
 def test_chained_optimizer_state_round_trip():
     # four steps in one go equal two steps, a save and load into fresh optimizers, and two more
     def run(steps, state=None, model_state=None):

@@ -31,7 +31,7 @@ from checkpoint import load_checkpoint
 from configurator import configure
 from conftest import PYTHON, REPO, TINY_RUN, TORCHRUN, run, run_main
 from hf import save_pretrained
-from model import GPT, GPTConfig
+from model import GPT, MODERN_SWITCHES, GPTConfig
 from train import Progress
 
 # the timings differ from run to run, and a run resumed with another max_iters logged the first
@@ -210,13 +210,14 @@ def test_fsdp_matches_one_process_with_the_modern_switches_and_muon(char_data, t
 
 
 @pytest.mark.ddp
-def test_fsdp_matches_one_process_with_polar_express_and_normuon(char_data, tmp_path):
+def test_fsdp_matches_one_process_with_polar_express_normuon_and_value_embeddings(char_data, tmp_path):
     # In float32: in bfloat16, FSDP's other order of summing the gradients can round an element to the
     # next bfloat16 value (0.4% away), which Polar Express's first polynomial (8 X - 22 X^3 + 16 X^5) and
     # NorMuon's division amplify to 1e-3 in 5 steps
     float32 = "import optim\noptim.fast_bfloat16 = lambda device_type: False\n"
     common = [*TINY_RUN, *MODERN, "--muon_coefficients=polar_express", "--muon_beta2=0.9", f"--dataset={char_data}",
-              "--gradient_accumulation_steps=2", "--dropout=0.0", "--max_iters=5"]
+              "--value_embeddings=True", "--x0_mixing=True", "--gradient_accumulation_steps=2", "--dropout=0.0",
+              "--max_iters=5"]
     for name, parallel, launcher in (("single", [], PYTHON), ("fsdp", ["--fsdp=True"], TORCHRUN)):
         result = train_with(tmp_path, float32, *common, *parallel, f"--out_dir={tmp_path / name}", launcher=launcher)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -867,7 +868,7 @@ def test_ddp_matches_one_process_with_muon(char_data, tmp_path, monkeypatch):
 def test_resume_keeps_the_optimizer_and_reads_older_checkpoints(char_data, reference, tmp_path):
     # a checkpoint from before the switches existed resumes as GPT-2 with AdamW
     ckpt = load(reference)
-    for key in ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap"):
+    for key in MODERN_SWITCHES:
         del ckpt["model_args"][key]
     for key in ("optimizer", "muon_lr", "muon_momentum", "muon_weight_decay", "rope", "norm"):
         del ckpt["config"][key]
