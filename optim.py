@@ -24,7 +24,8 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, device_type,
     """AdamW for a GPT; or, given muon=dict(lr=..., weight_decay=..., momentum=..., and optionally
     coefficients=..., beta2=...), Muon for the
     blocks' matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one.
-    Muon orthogonalises in bfloat16 where its matrix products are fast, else in float32."""
+    Muon orthogonalises in bfloat16 where its matrix products are fast, else in float32, unless
+    muon sets ns_dtype (bench/train.py does, to time the other)."""
     hidden = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2] if muon else []
     in_muon = {id(p) for p in hidden}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
@@ -38,7 +39,7 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, device_type,
     if not muon:
         return adamw
     dtype = torch.bfloat16 if fast_bfloat16(device_type) else torch.float32
-    return ChainedOptimizer(adamw, Muon(hidden, ns_dtype=dtype, **muon))
+    return ChainedOptimizer(adamw, Muon(hidden, **{"ns_dtype": dtype, **muon}))
 
 
 class Muon(torch.optim.Optimizer):

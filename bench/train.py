@@ -58,6 +58,7 @@ DEFAULTS = dict(
     max_batch=False,  # CUDA: bench the largest batch_size that fits instead of batch_size
     profile="",  # a directory: profile each mode's optimizer steps, write its traces here
     out_file="bench.json",
+    muon_dtype="auto",  # Newton-Schulz's: auto (bfloat16 where it is fast here, else float32), float32, bfloat16
     **{key: train.DEFAULTS[key] for key in TRAIN_KEYS},
 )
 config, _ = configure(DEFAULTS, sys.argv[1:], usage=__doc__, files_may_set_others=True)
@@ -96,6 +97,10 @@ except ValueError as e:
     raise SystemExit(f"error: {e}") from None
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay, coefficients=muon_coefficients,
             beta2=muon_beta2) if optimizer == "muon" else None
+if muon_dtype not in ("auto", "float32", "bfloat16"):
+    raise SystemExit(f"error: muon_dtype={muon_dtype!r}: use auto, float32 or bfloat16")
+if muon and muon_dtype != "auto":
+    muon["ns_dtype"] = getattr(torch, muon_dtype)
 
 
 def synchronize():
@@ -224,6 +229,8 @@ def write_report(params):
 
 for mode in modes.split(","):
     raw_model, model, optimizer, scaler = build(mode)
+    if muon:  # "auto" settled: whether this machine's bfloat16 was taken to be fast
+        print(f"Muon orthogonalises in {str(optimizer.optimizers[-1].ns_dtype).removeprefix('torch.')}")
     phases = (("forward+backward", lambda: forward_backward(model, scaler, x, y)),
               ("optimizer step", lambda: optimizer_step(raw_model, model, optimizer, scaler, x, y)))
     for phase, step in phases:

@@ -33,8 +33,9 @@ def test_benches_the_modern_recipe_and_profiles(tmp_path):
     out = tmp_path / "bench.json"
     shape = ["--vocab_size=96", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2", "--block_size=16"]
     result = bench("config/train_gpt2_modern.py", *shape, "--modes=eager", "--warmup=1", "--steps=1", "--repeats=1",
-                   f"--profile={tmp_path / 'prof'}", f"--out_file={out}")
+                   "--muon_dtype=float32", f"--profile={tmp_path / 'prof'}", f"--out_file={out}")
     assert result.returncode == 0, result.stderr
+    assert "Muon orthogonalises in float32" in result.stdout  # whatever this CPU's bfloat16 is
     report = json.loads(out.read_text())
     assert report["config"]["optimizer"] == "muon" and report["config"]["rope"]  # from the file
     modern = GPTConfig(vocab_size=96, n_layer=1, n_head=2, n_embd=32, block_size=16, rope=True, norm="rmsnorm",
@@ -72,6 +73,7 @@ def test_bad_arguments():
     assert result.returncode != 0 and "dtype='fp8': use auto, float32, bfloat16, float16" in result.stderr
     for args, message in [(["--preset=gpt2-xxl"], "preset='gpt2-xxl': choose one of gpt2, gpt2-medium"),
                           (["--optimizer=sgd"], "optimizer='sgd': use adamw or muon"),
+                          (["--muon_dtype=fp16"], "muon_dtype='fp16': use auto, float32 or bfloat16"),
                           (["--norm=batchnorm"], "norm='batchnorm': choose one of layernorm, rmsnorm"),
                           (["--device=cpu", "--max_batch=True"], "max_batch finds what fits in a GPU's memory")]:
         result = bench(*args)

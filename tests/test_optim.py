@@ -37,6 +37,16 @@ def test_muon_takes_the_value_gates_and_adamw_the_value_embeddings_and_lambdas()
     assert "transformer.ve.1.weight" in decay and {"resid_lambdas", "x0_lambdas"} <= no_decay
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_muon_orthogonalises_in_bfloat16_where_it_is_fast_unless_told(monkeypatch, fast):
+    monkeypatch.setattr("optim.fast_bfloat16", lambda device_type: fast)
+    model = tiny_model(vocab_size=50)
+    muon = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", dict(lr=0.02)).optimizers[1]
+    assert muon.ns_dtype == (torch.bfloat16 if fast else torch.float32)
+    told = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", dict(lr=0.02, ns_dtype=torch.float32))
+    assert told.optimizers[1].ns_dtype == torch.float32
+
+
 def test_chained_optimizer_state_round_trip():
     # four steps in one go equal two steps, a save and load into fresh optimizers, and two more
     def run(steps, state=None, model_state=None):
