@@ -22,9 +22,11 @@ from model import GPT
 GB = 1e9
 
 
-def estimate(config, batch_size, world_size=1, fsdp=False, muon=False, half=False, activation_checkpointing=False):
+def estimate(config, batch_size, world_size=1, fsdp=False, muon=False, half=False, activation_checkpointing=False,
+             ema=False):
     """{part: bytes} that one rank holds to train a GPT of config (a GPTConfig) on micro-batches of
-    batch_size x config.block_size tokens; half: activations in bfloat16 or float16 (autocast)."""
+    batch_size x config.block_size tokens; half: activations in bfloat16 or float16 (autocast);
+    ema: a moving average of the weights in the optimizer's state."""
     with torch.device("meta"):  # the parameters' shapes, without their memory
         model = GPT(config)
     in_muon = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2} if muon else set()
@@ -34,7 +36,7 @@ def estimate(config, batch_size, world_size=1, fsdp=False, muon=False, half=Fals
         rows = math.ceil(p.shape[0] / shards)  # FSDP splits dim 0, padded to a multiple of the ranks
         numel = rows * p[0].numel() if p.dim() > 1 else rows
         weights += 4 * numel
-        optimizer += (4 if id(p) in in_muon else 8) * numel
+        optimizer += ((4 if id(p) in in_muon else 8) + (4 if ema else 0)) * numel
     C, V, L = config.n_embd, config.vocab_size, config.n_layer
     per_block = (28 if config.dropout > 0 else 20) * C
     kept = L * C + per_block if activation_checkpointing else L * per_block
@@ -54,7 +56,7 @@ def describe(parts):
         f": {sum(parts.values()) / scale:.2f} {unit}"
 
 
-def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_checkpointing, capacity):
+def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_checkpointing, capacity, ema=False):
     """None if the estimate fits in capacity bytes (with a tenth left for PyTorch's own), else one
     line that says what would make it fit: activation checkpointing, FSDP over the ranks there are,
     a smaller batch_size (its tokens kept by gradient accumulation), or more GPUs."""
@@ -63,7 +65,7 @@ def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_check
     def need(**changes):
         settings = dict(batch_size=batch_size, fsdp=fsdp, activation_checkpointing=activation_checkpointing)
         settings.update(changes)
-        return sum(estimate(config, world_size=world_size, muon=muon, half=half, **settings).values())
+        return sum(estimate(config, world_size=world_size, muon=muon, half=half, ema=ema, **settings).values())
 
     if need() <= usable:
         return None
@@ -83,9 +85,10 @@ def what_fits(config, batch_size, world_size, fsdp, muon, half, activation_check
     return f"{line}, even at batch_size=1 with activation checkpointing: {more}"
 
 
-def fitting_batch_sizes(config, batch_sizes, world_size, fsdp, muon, half, activation_checkpointing, capacity):
+def fitting_batch_sizes(config, batch_sizes, world_size, fsdp, muon, half, activation_checkpointing, capacity,
+                        ema=False):
     """Those of batch_sizes whose estimate fits in capacity bytes (a tenth left, as what_fits leaves),
     largest first."""
-    settings = dict(fsdp=fsdp, muon=muon, half=half, activation_checkpointing=activation_checkpointing)
+    settings = dict(fsdp=fsdp, muon=muon, half=half, activation_checkpointing=activation_checkpointing, ema=ema)
     return [b for b in sorted(batch_sizes, reverse=True)
             if sum(estimate(config, b, world_size, **settings).values()) <= 0.9 * capacity]

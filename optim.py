@@ -10,6 +10,10 @@ for the matrix; here an FSDP shard is orthogonalised as the whole matrix. Two la
 opt-in (measured in docs/evaluation.md): Polar Express's coefficients, a different polynomial at each
 Newton-Schulz step (Amsel et al., 2025, as modded-nanogpt and nanochat use them), and NorMuon's
 variance normalisation of each neuron's update (Li et al., 2025, as nanochat does).
+
+An exponential moving average of the weights (train.py --ema_decay) lives in each parameter's
+optimizer state, so that checkpoints and FSDP's shards hold it with the rest; between steps the
+model holds the average and the state the trained weights.
 """
 
 import math
@@ -123,6 +127,37 @@ def normalise_variance(update, state, beta2):
     state["second_moment"].lerp_(mean_square, 1 - beta2)
     scaled = update * state["second_moment"].clamp(min=1e-10).rsqrt().to(update.dtype)
     return scaled * (update.norm() / scaled.norm().clamp(min=1e-10))
+
+
+def average_weights(opt, decay):
+    """Move each parameter's exponential moving average (kept in its optimizer state, so that
+    checkpoints hold it) towards the parameter, then swap the two: the model then holds the average,
+    to evaluate and to save, until swap_average gives the trained weights back for the next step.
+    A parameter that its optimizer has not stepped yet has no state, which AdamW would then not
+    make, and no average."""
+    with torch.no_grad():
+        for state, p in stepped(opt):
+            if "ema" not in state:
+                state["ema"] = p.detach().clone()
+            state["ema"].lerp_(p, 1 - decay)
+    swap_average(opt)
+
+
+def swap_average(opt):
+    """Exchange each parameter with its average (a second swap undoes the first)."""
+    with torch.no_grad():
+        for state, p in stepped(opt):
+            if "ema" in state:
+                trained = p.detach().clone()
+                p.copy_(state["ema"])
+                state["ema"].copy_(trained)
+
+
+def stepped(opt):
+    """(state, parameter) of each parameter that has optimizer state."""
+    for o in getattr(opt, "optimizers", [opt]):
+        for group in o.param_groups:
+            yield from ((o.state[p], p) for p in group["params"] if o.state.get(p))
 
 
 class ChainedOptimizer:

@@ -60,7 +60,7 @@ from evaluate import in_units, loss_sums
 from hf import from_pretrained
 from memory import describe, estimate, fitting_batch_sizes, what_fits
 from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
-from optim import COEFFICIENTS, configure_optimizers
+from optim import COEFFICIENTS, average_weights, configure_optimizers, swap_average
 from plot import BackgroundPlot
 from tokenizer import get_tokenizer, token_ids
 
@@ -121,6 +121,7 @@ DEFAULTS = dict(
     muon_weight_decay=0.0,
     muon_coefficients="jordan",  # Newton-Schulz's: "jordan", or "polar_express" (a polynomial a step)
     muon_beta2=0.0,  # 0 is off; e.g. 0.9: NorMuon's running mean of each neuron's squared update evens them
+    ema_decay=0.0,  # 0 is off; e.g. 0.99: evals score, and checkpoints save, a moving average of the weights
     # AdamW
     learning_rate=1e-3,  # a small model takes a higher rate than GPT-2's 6e-4
     max_iters=5000,
@@ -203,6 +204,10 @@ def configuration(argv):
         if overrides.get("fsdp", saved_fsdp) != saved_fsdp:
             fail(f"fsdp={overrides['fsdp']} but the run in {out_dir} trains with fsdp={saved_fsdp}, and its "
                  "checkpoint is written so: a resumed run keeps it; use a new out_dir to change it")
+        saved_ema = ckpt["config"].get("ema_decay", 0.0)
+        if saved_ema and overrides.get("ema_decay") == 0:
+            fail(f"ema_decay=0 but the run in {out_dir} averages its weights (ema_decay={saved_ema}), and its "
+                 "checkpoint holds the average as the model: a resumed run keeps averaging; use a new out_dir")
         saved = {k: v for k, v in ckpt["config"].items() if k in DEFAULTS}
         config = {**DEFAULTS, **saved, **overrides, "init_from": "resume"}
 
@@ -249,7 +254,7 @@ def check_config(config):
     for key in ("min_lr", "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "muon_weight_decay"):
         if config[key] is None or config[key] < 0:
             fail(f"{key}={config[key]!r}: it must be a number, 0 or more")
-    for key in ("dropout", "beta1", "beta2", "muon_beta2"):
+    for key in ("dropout", "beta1", "beta2", "muon_beta2", "ema_decay"):
         if config[key] is None or not 0 <= config[key] < 1:
             fail(f"{key}={config[key]!r}: it must lie in [0, 1)")
     if config["n_embd"] % config["n_head"]:
@@ -424,7 +429,7 @@ def model_to_shard(c, overrides, ckpt, data_dir, meta, loaders, p):
 def memory_settings(c, p):
     """What memory.py's estimate takes from the run, but the model and the batch."""
     return dict(fsdp=c.fsdp, muon=c.optimizer == "muon", half=p.dtype != "float32",
-                activation_checkpointing=c.activation_checkpointing)
+                activation_checkpointing=c.activation_checkpointing, ema=c.ema_decay > 0)
 
 
 def check_memory(c, p, config):
@@ -548,7 +553,9 @@ def get_lr(it, c):
 def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested):
     """One optimizer step over accum_steps micro-batches. Returns (the mean loss over micro-steps and
     ranks, bits per unit of the text it counted, the gradient norm before clipping or None, whether
-    any rank must stop)."""
+    any rank must stop). With ema_decay, the model holds the average of the weights outside this step."""
+    if c.ema_decay:
+        swap_average(opt)  # the trained weights, to train on
     loss_sum, nats_sum, units_sum = (torch.zeros((), device=p.device) for _ in range(3))
     for micro_step in range(accum_steps):
         x, y = loader.next_batch()
@@ -573,6 +580,8 @@ def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_reques
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
+    if c.ema_decay:
+        average_weights(opt, c.ema_decay)  # and into the model for evals, checkpoints and what reads them
     # one small all-reduce a step: the mean loss over micro-steps and ranks, its nats and the text they
     # cover, and whether any rank must stop
     stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,

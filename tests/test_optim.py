@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from optim import ChainedOptimizer, Muon, configure_optimizers, normalise_variance, orthogonalise
+from optim import (ChainedOptimizer, Muon, average_weights, configure_optimizers, normalise_variance, orthogonalise,
+                   swap_average)
 
 
 def test_weight_decay_groups():
@@ -45,6 +46,30 @@ def test_muon_orthogonalises_in_bfloat16_where_it_is_fast_unless_told(monkeypatc
     assert muon.ns_dtype == (torch.bfloat16 if fast else torch.float32)
     told = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", dict(lr=0.02, ns_dtype=torch.float32))
     assert told.optimizers[1].ns_dtype == torch.float32
+
+
+def test_the_model_holds_the_moving_average_between_steps_and_the_state_the_trained_weights():
+    model = tiny_model(vocab_size=50)
+    opt = configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu", dict(lr=0.05))
+    idx = torch.randint(0, 50, (2, 8))
+    average = trained = None
+    for step in range(3):
+        if step:
+            swap_average(opt)  # as train.py's step begins: the trained weights back in the model
+            assert all(torch.equal(p, t) for p, t in zip(model.parameters(), trained))
+        model(idx, idx)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        trained = [p.detach().clone() for p in model.parameters()]
+        # the average starts at the first step's weights, then moves a tenth of the way each step
+        average = trained if average is None else [a.lerp(t, 0.1) for a, t in zip(average, trained)]
+        average_weights(opt, 0.9)
+        for p, a in zip(model.parameters(), average):
+            torch.testing.assert_close(p, a, atol=0, rtol=0)
+    states = [opt.optimizers[0].state, opt.optimizers[1].state]
+    for p, t in zip(model.parameters(), trained):
+        state = next(s[p] for s in states if p in s)
+        assert torch.equal(state["ema"], t) and ("exp_avg" in state or "momentum_buffer" in state)
 
 
 def test_chained_optimizer_state_round_trip():

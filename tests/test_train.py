@@ -210,14 +210,14 @@ def test_fsdp_matches_one_process_with_the_modern_switches_and_muon(char_data, t
 
 
 @pytest.mark.ddp
-def test_fsdp_matches_one_process_with_polar_express_normuon_and_value_embeddings(char_data, tmp_path):
+def test_fsdp_matches_one_process_with_polar_express_normuon_value_embeddings_and_ema(char_data, tmp_path):
     # In float32: in bfloat16, FSDP's other order of summing the gradients can round an element to the
     # next bfloat16 value (0.4% away), which Polar Express's first polynomial (8 X - 22 X^3 + 16 X^5) and
     # NorMuon's division amplify to 1e-3 in 5 steps
     float32 = "import optim\noptim.fast_bfloat16 = lambda device_type: False\n"
     common = [*TINY_RUN, *MODERN, "--muon_coefficients=polar_express", "--muon_beta2=0.9", f"--dataset={char_data}",
-              "--value_embeddings=True", "--x0_mixing=True", "--gradient_accumulation_steps=2", "--dropout=0.0",
-              "--max_iters=5"]
+              "--value_embeddings=True", "--x0_mixing=True", "--ema_decay=0.9", "--gradient_accumulation_steps=2",
+              "--dropout=0.0", "--max_iters=5"]
     for name, parallel, launcher in (("single", [], PYTHON), ("fsdp", ["--fsdp=True"], TORCHRUN)):
         result = train_with(tmp_path, float32, *common, *parallel, f"--out_dir={tmp_path / name}", launcher=launcher)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -852,6 +852,30 @@ def test_resume_is_exact_with_muon(char_data, muon_reference, tmp_path):
     train(f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=12")  # the switches come from the checkpoint
     assert_same_state(load(tmp_path), load(muon_reference))
     assert read_log(tmp_path) == read_log(muon_reference)
+
+
+def test_ema_evaluates_and_saves_the_average_and_resumes_exactly(char_data, tmp_path):
+    # a val split of 2,000 tokens, which the whole-split evals read in moments
+    short = tmp_path / "short_val"
+    shutil.copytree(char_data, short)
+    val = short / "shakespeare_val_000000.bin"
+    data.write_shard(val, data.read_shard(val)[:2000])
+    common = [*TINY_RUN, *MODERN, f"--dataset={short}", "--ema_decay=0.5", "--eval_iters=0"]
+    train(*common, f"--out_dir={tmp_path / 'whole'}", "--max_iters=8")
+    train(*common, f"--out_dir={tmp_path / 'resumed'}", "--max_iters=4")
+    train(f"--out_dir={tmp_path / 'resumed'}", "--init_from=resume", "--max_iters=8")
+    whole, resumed = load(tmp_path / "whole"), load(tmp_path / "resumed")
+    assert_same_state(resumed, whole)
+    assert read_log(tmp_path / "resumed") == read_log(tmp_path / "whole")
+    # the checkpoint's model is the average: evaluate.py scores it as train.py logged its val loss
+    # (the trained weights are in the optimizer's state, for the next step)
+    result = run("evaluate.py", f"--out_dir={tmp_path / 'whole'}", "--batch_size=4")
+    val_loss = [r["val_loss"] for r in read_log(tmp_path / "whole") if "val_loss" in r][-1]
+    assert f"{val_loss:.4f}" in result.stdout
+    assert not torch.equal(whole["model"]["lm_head.weight"], whole["optimizer"]["state"][0]["ema"])
+    result = train(f"--out_dir={tmp_path / 'whole'}", "--init_from=resume", "--max_iters=12", "--ema_decay=0",
+                   check=False)
+    assert result.returncode != 0 and "ema_decay=0 but the run in" in result.stderr
 
 
 @pytest.mark.ddp
