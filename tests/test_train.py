@@ -626,7 +626,7 @@ def test_auto_batch_size_on_a_gpu_takes_the_largest_that_a_trial_step_runs(monke
     monkeypatch.setattr(train_py, "device_memory", lambda p: 1e12)
     monkeypatch.setattr(train_py, "runs_on_gpu", lambda model, b, reserve, c, p: tried.append(b) or b <= 2)
     c = SimpleNamespace(total_batch_size=8 * 32, block_size=32, fsdp=fsdp, optimizer="adamw",
-                        activation_checkpointing=False)
+                        activation_checkpointing=False, ema_decay=0.0)
     p = SimpleNamespace(device_type="cuda", device="cpu", dtype="bfloat16", world_size=1, distributed=False)
     model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=1, n_head=1, n_embd=8))
     assert train_py.fitting_batch_size(c, p, model) == (8 if fsdp else 2)
