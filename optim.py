@@ -11,9 +11,8 @@ opt-in (measured in docs/evaluation.md): Polar Express's coefficients, a differe
 Newton-Schulz step (Amsel et al., 2025, as modded-nanogpt and nanochat use them), and NorMuon's
 variance normalisation of each neuron's update (Li et al., 2025, as nanochat does).
 
-An exponential moving average of the weights (train.py --ema_decay) lives in each parameter's
-optimizer state, so that checkpoints and FSDP's shards hold it with the rest; between steps the
-model holds the average and the state the trained weights.
+An exponential moving average of the weights (train.py --ema_decay, WeightAverage) lives in each
+parameter's optimizer state, so that checkpoints and FSDP's shards hold it with the rest.
 """
 
 import math
@@ -129,24 +128,42 @@ def normalise_variance(update, state, beta2):
     return scaled * (update.norm() / scaled.norm().clamp(min=1e-10))
 
 
-def average_weights(opt, decay):
-    """Move each parameter's exponential moving average (kept in its optimizer state, so that
-    checkpoints hold it) towards the parameter, then swap the two: the model then holds the average,
-    to evaluate and to save, until swap_average gives the trained weights back for the next step.
-    A parameter that its optimizer has not stepped yet has no state, which AdamW would then not
-    make, and no average."""
-    with torch.no_grad():
-        for state, p in stepped(opt):
-            if "ema" not in state:
+class WeightAverage:
+    """An exponential moving average of the weights (train.py --ema_decay). It lives in each
+    parameter's optimizer state, so that checkpoints, FSDP's shards and resume hold it with the
+    rest. into_model swaps it with the trained weights, to evaluate or save it, and out_of_model
+    swaps them back for the next step: two copies at an eval rather than at every step. A
+    checkpoint holds the average as its model, which every script that reads it then takes, and
+    the trained weights in the optimizer's state: a resumed run starts with the average in the model."""
+
+    def __init__(self, opt, decay, in_model=False):
+        self.opt, self.decay, self.in_model = opt, decay, in_model
+
+    @torch.no_grad()
+    def update(self):
+        """After a step: each parameter's average moves towards it. A parameter that its optimizer
+        has not stepped yet has no state (which AdamW would then not make) and no average; the first
+        step's weights start it."""
+        self.out_of_model()
+        for state, p in stepped(self.opt):
+            if "ema" in state:
+                state["ema"].lerp_(p, 1 - self.decay)
+            else:
                 state["ema"] = p.detach().clone()
-            state["ema"].lerp_(p, 1 - decay)
-    swap_average(opt)
 
+    def into_model(self):
+        if not self.in_model:
+            self.swap()
+        self.in_model = True
 
-def swap_average(opt):
-    """Exchange each parameter with its average (a second swap undoes the first)."""
-    with torch.no_grad():
-        for state, p in stepped(opt):
+    def out_of_model(self):
+        if self.in_model:
+            self.swap()
+        self.in_model = False
+
+    @torch.no_grad()
+    def swap(self):
+        for state, p in stepped(self.opt):
             if "ema" in state:
                 trained = p.detach().clone()
                 p.copy_(state["ema"])

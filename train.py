@@ -60,7 +60,7 @@ from evaluate import in_units, loss_sums
 from hf import from_pretrained
 from memory import describe, estimate, fitting_batch_sizes, what_fits
 from model import GPT, MODERN_SWITCHES, PRESETS, GPTConfig
-from optim import COEFFICIENTS, average_weights, configure_optimizers, swap_average
+from optim import COEFFICIENTS, WeightAverage, configure_optimizers
 from plot import BackgroundPlot
 from tokenizer import get_tokenizer, token_ids
 
@@ -550,12 +550,12 @@ def get_lr(it, c):
     return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
 
 
-def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested):
+def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested, average=None):
     """One optimizer step over accum_steps micro-batches. Returns (the mean loss over micro-steps and
     ranks, bits per unit of the text it counted, the gradient norm before clipping or None, whether
-    any rank must stop). With ema_decay, the model holds the average of the weights outside this step."""
-    if c.ema_decay:
-        swap_average(opt)  # the trained weights, to train on
+    any rank must stop). average: the WeightAverage that --ema_decay keeps."""
+    if average:
+        average.out_of_model()  # the trained weights, to train on, if an eval or a save took the average in
     loss_sum, nats_sum, units_sum = (torch.zeros((), device=p.device) for _ in range(3))
     for micro_step in range(accum_steps):
         x, y = loader.next_batch()
@@ -580,8 +580,8 @@ def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_reques
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    if c.ema_decay:
-        average_weights(opt, c.ema_decay)  # and into the model for evals, checkpoints and what reads them
+    if average:
+        average.update()
     # one small all-reduce a step: the mean loss over micro-steps and ranks, its nats and the text they
     # cover, and whether any rank must stop
     stats = torch.stack([loss_sum / accum_steps, nats_sum, units_sum,
@@ -852,6 +852,8 @@ def main(argv):
             restore_shards(os.path.join(c.out_dir, "ckpt.pt"), raw_model, opt)
         iter_num, best_val_loss = restore_training(ckpt, opt, scaler, train_loader, p.rank, p.world_size,
                                                    p.device_type)
+    # evals and checkpoints take the average; a checkpoint holds it in the model, the trained weights aside
+    average = WeightAverage(opt, c.ema_decay, in_model=c.init_from == "resume") if c.ema_decay else None
     use_compile = p.device_type == "cuda" if c.compile is None else c.compile
     model, eval_model = wrap(raw_model, use_compile, p.distributed and not c.fsdp, p)
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(p.device)) if p.device_type == "cuda" else None
@@ -872,6 +874,8 @@ def main(argv):
             # before the val eval, whose checkpoint then holds it in its log offset
             if c.hellaswag_interval and (c.eval_only or iter_num != resumed_at and (
                     iter_num % c.hellaswag_interval == 0 or iter_num == c.max_iters)):
+                if average:
+                    average.into_model()
                 # the bare model, in graphs of its own; batch_size rows (4 an example), no more than a micro-step
                 # (eager under FSDP, whose compiled graphs are the training step's)
                 n, acc, acc_norm = hellaswag.evaluate(raw_model, hellaswag_examples, max(1, c.batch_size // 4),
@@ -880,6 +884,8 @@ def main(argv):
                 if p.master:
                     print(f"iter {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n} examples)")
             if c.eval_only or (iter_num % c.eval_interval == 0 and iter_num != resumed_at):
+                if average:
+                    average.into_model()
                 val_loss, val_bits = evaluate(model, eval_model, val_loader, data_dir, units, c, p)
                 if not math.isfinite(val_loss):
                     fail(f"val loss is {val_loss} at iter {iter_num}; the last good checkpoint in {c.out_dir} is kept")
@@ -903,7 +909,7 @@ def main(argv):
                 group["lr"] = group["initial_lr"] * lr / c.learning_rate
             t0 = time.perf_counter()
             train_loss, train_bits, grad_norm, stop = train_step(model, opt, scaler, train_loader, units, accum_steps,
-                                                                 c, p, bool(stop_signals))
+                                                                 c, p, bool(stop_signals), average)
             dt = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {c.out_dir} is kept "
@@ -922,6 +928,8 @@ def main(argv):
                     print(step_line(record, c.max_iters))
             iter_num += 1
 
+        if average:
+            average.into_model()  # for the last checkpoint, and the harness's tasks
         if not c.eval_only and saved_at != iter_num:
             save(c, p, raw_model, opt, scaler, train_loader, meta, log, iter_num, best_val_loss, best=False)
         if tasks and not stop and (iter_num != resumed_at or c.eval_only):  # after the checkpoint, which a

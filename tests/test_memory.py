@@ -11,7 +11,7 @@ import torch
 import memory
 from conftest import REPO, TORCHRUN, run
 from model import GPT, GPTConfig
-from optim import average_weights, configure_optimizers
+from optim import WeightAverage, configure_optimizers
 
 SHAPE = dict(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 
@@ -40,7 +40,7 @@ def test_weights_gradients_and_optimizer_state_are_what_one_process_holds(muon, 
                                      dict(lr=0.02, momentum=0.95, weight_decay=0.0) if muon else None)
     one_step(model, optimizer)
     if ema:
-        average_weights(optimizer, 0.99)
+        WeightAverage(optimizer, 0.99).update()
     estimated = memory.estimate(config, batch_size=2, muon=muon, ema=ema)
     assert held(model, optimizer) == {k: estimated[k] for k in ("weights", "gradients", "optimizer")}
 

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from optim import (ChainedOptimizer, Muon, average_weights, configure_optimizers, normalise_variance, orthogonalise,
-                   swap_average)
+from optim import ChainedOptimizer, Muon, WeightAverage, configure_optimizers, normalise_variance, orthogonalise
 
 
 def test_weight_decay_groups():
@@ -48,28 +47,32 @@ def test_muon_orthogonalises_in_bfloat16_where_it_is_fast_unless_told(monkeypatc
     assert told.optimizers[1].ns_dtype == torch.float32
 
 
-def test_the_model_holds_the_moving_average_between_steps_and_the_state_the_trained_weights():
+def test_the_weight_average_moves_with_each_step_and_swaps_in_for_evals():
     model = tiny_model(vocab_size=50)
     opt = configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95), "cpu", dict(lr=0.05))
+    average = WeightAverage(opt, 0.9)
     idx = torch.randint(0, 50, (2, 8))
-    average = trained = None
+    expected = None
     for step in range(3):
-        if step:
-            swap_average(opt)  # as train.py's step begins: the trained weights back in the model
-            assert all(torch.equal(p, t) for p, t in zip(model.parameters(), trained))
+        average.out_of_model()  # as each training step begins
         model(idx, idx)[1].backward()
         opt.step()
         opt.zero_grad()
+        average.update()
         trained = [p.detach().clone() for p in model.parameters()]
         # the average starts at the first step's weights, then moves a tenth of the way each step
-        average = trained if average is None else [a.lerp(t, 0.1) for a, t in zip(average, trained)]
-        average_weights(opt, 0.9)
-        for p, a in zip(model.parameters(), average):
+        expected = trained if expected is None else [a.lerp(t, 0.1) for a, t in zip(expected, trained)]
+        average.into_model()  # an eval or a checkpoint, after some steps
+        for p, a in zip(model.parameters(), expected):
             torch.testing.assert_close(p, a, atol=0, rtol=0)
+        average.into_model()  # twice changes nothing
+        assert all(torch.equal(p, a) for p, a in zip(model.parameters(), expected))
     states = [opt.optimizers[0].state, opt.optimizers[1].state]
-    for p, t in zip(model.parameters(), trained):
+    for p, t in zip(model.parameters(), trained):  # the trained weights, for the next step
         state = next(s[p] for s in states if p in s)
         assert torch.equal(state["ema"], t) and ("exp_avg" in state or "momentum_buffer" in state)
+    average.out_of_model()
+    assert all(torch.equal(p, t) for p, t in zip(model.parameters(), trained))
 
 
 def test_chained_optimizer_state_round_trip():
