@@ -132,7 +132,7 @@ class WeightAverage:
     """An exponential moving average of the weights (train.py --ema_decay). It lives in each
     parameter's optimizer state, so that checkpoints, FSDP's shards and resume hold it with the
     rest. into_model swaps it with the trained weights, to evaluate or save it, and out_of_model
-    swaps them back for the next step: two copies at an eval rather than at every step. A
+    swaps them back for the next step: a step costs one lerp, and only evals and saves a swap. A
     checkpoint holds the average as its model, which every script that reads it then takes, and
     the trained weights in the optimizer's state: a resumed run starts with the average in the model."""
 
