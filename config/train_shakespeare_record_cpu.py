@@ -1,4 +1,4 @@
-# The laptop record: under 4 minutes on 2 CPU cores, whole-val-split loss far below the best n-gram's.
+# The laptop record: 4 minutes on 2 quiet CPU cores, whole-val-split loss far below the best n-gram's.
 # python prepare_shakespeare.py --tokenizer bpe --vocab_size 1024 && python train.py config/train_shakespeare_record_cpu.py
 # A 1024-token vocabulary learned from the train text (about 2.6 characters a token), the modern
 # switches with the head tied to the embedding, 4 x 192, a context of 128 tokens, batches of 16,
