@@ -39,6 +39,7 @@ class GPTConfig:
     logit_softcap: float = 0.0  # above 0: logits = cap * tanh(logits / cap)
     value_embeddings: bool = False  # every other layer, the last included, adds a token embedding to the values
     x0_mixing: bool = False  # each block reads a learned mix of the residual stream and the embedding x0
+    unet_skips: bool = False  # the second half's blocks each add a learned share of a first-half block's output
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -72,7 +73,7 @@ PRESETS = {
 GPT2_VOCAB_SIZE = 50257
 # the fields that depart from GPT-2 when set away from their defaults, which are GPT-2 as it was
 MODERN_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap",
-                   "value_embeddings", "x0_mixing")
+                   "value_embeddings", "x0_mixing", "unet_skips")
 
 
 class CausalSelfAttention(nn.Module):
@@ -192,6 +193,8 @@ class GPT(nn.Module):
         if config.x0_mixing:  # block i reads resid_lambdas[i] * x + x0_lambdas[i] * x0: at first x alone
             self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
             self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        if config.unet_skips:  # as modded-nanogpt: each skip starts at full weight
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
@@ -249,7 +252,11 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = x0 = self.transformer.drop(x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        half = self.config.n_layer // 2
+        skips = []  # unet_skips: the outputs of the first half's blocks; the second half's take them back, last first
         for i, block in enumerate(self.transformer.h):
+            if self.config.unet_skips and i >= self.config.n_layer - half:
+                x = x + self.skip_weights[len(skips) - 1] * skips.pop()
             if self.config.x0_mixing:
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.transformer.ve[str(i)](idx) if block.attn.ve_gate is not None else None
@@ -260,6 +267,8 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, rope, attn_mask, None, ve, use_reentrant=False)
             else:
                 x = block(x, rope, attn_mask, ve=ve)
+            if self.config.unet_skips and i < half:
+                skips.append(x)
         x = self.transformer.ln_f(x)
         if targets is None:
             # generation needs only the next token's distribution: skip the other T-1 (large) head matmuls

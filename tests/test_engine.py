@@ -12,7 +12,7 @@ from engine import Engine, Job, SlotCache
 from generation import KVCache, generate
 
 MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0,
-              value_embeddings=True, x0_mixing=True)
+              value_embeddings=True, x0_mixing=True, unet_skips=True)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "modern"])

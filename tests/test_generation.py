@@ -130,7 +130,7 @@ def sequence_logprob(model, idx, seq):
 # ----------------------------------------------------------------------------- beyond GPT-2
 # every switch but zero_init_proj, whose blocks would start as the identity and test nothing
 MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0,
-              value_embeddings=True, x0_mixing=True)
+              value_embeddings=True, x0_mixing=True, unet_skips=True)
 
 
 def modern_model():

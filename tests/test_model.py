@@ -156,7 +156,7 @@ def test_gpt2_parameter_count_and_flops():
 
 # ----------------------------------------------------------------------------- beyond GPT-2
 SWITCHES = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False,
-                zero_init_proj=True, logit_softcap=15.0, value_embeddings=True, x0_mixing=True)
+                zero_init_proj=True, logit_softcap=15.0, value_embeddings=True, x0_mixing=True, unet_skips=True)
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -324,6 +324,23 @@ def test_x0_mixing_starts_as_the_plain_model_and_its_lambdas_mix_in_the_embeddin
     with torch.no_grad():
         model.x0_lambdas[1] = 0.5
     assert not torch.allclose(full_logits(model, idx), full_logits(plain, idx))
+
+
+def test_unet_skips_add_the_first_halfs_outputs_to_the_second_half_last_first():
+    plain = tiny_model(**{**TINY, "n_layer": 5})
+    model = tiny_model(**{**TINY, "n_layer": 5}, unet_skips=True).eval()
+    assert with_weights_of(model, plain) == ["skip_weights"]
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.tensor([0.5, -2.0]))
+        idx = torch.randint(0, 50, (2, 16))
+        t, h = model.transformer, model.transformer.h
+        out0 = h[0](t.wte(idx) + t.wpe(torch.arange(16)))
+        out1 = h[1](out0)
+        x = h[3](h[2](out1) - 2.0 * out1)  # five blocks: the middle one takes no skip
+        x = h[4](x + 0.5 * out0)
+        torch.testing.assert_close(full_logits(model, idx), model.lm_head(t.ln_f(x)))
+        model.skip_weights.zero_()
+        torch.testing.assert_close(full_logits(model, idx), full_logits(plain, idx), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("bad, message", [
