@@ -25,7 +25,7 @@ from device import fast_bfloat16
 
 def configure_optimizers(model, weight_decay, learning_rate, betas, device_type, muon=None):
     """AdamW for a GPT; or, given muon=dict(lr=..., weight_decay=..., momentum=..., and optionally
-    coefficients=..., beta2=...), Muon for the
+    coefficients=..., beta2=..., cautious=...), Muon for the
     blocks' matrices and AdamW for the rest (embeddings, head, gains, biases), stepped as one.
     Muon orthogonalises in bfloat16 where its matrix products are fast, else in float32, unless
     muon sets ns_dtype (bench/train.py does, to time the other)."""
@@ -54,14 +54,16 @@ class Muon(torch.optim.Optimizer):
     coefficients: "jordan" (Keller Jordan's, the same at every step) or "polar_express" (one
     polynomial a step). beta2 > 0: each row's update (each column's, for a wide matrix) is divided
     by the root of a running mean of its squares, then the whole rescaled to the norm it had
-    (NorMuon), so that no neuron learns faster than the others because of its scale."""
+    (NorMuon), so that no neuron learns faster than the others because of its scale. cautious:
+    weight decay shrinks only the weights whose update has their sign, which it moves towards zero
+    too (cautious weight decay, Chen et al., 2025): it no longer pulls against what the update does."""
 
     def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, ns_dtype=torch.bfloat16, ns_steps=5,
-                 coefficients="jordan", beta2=0.0):
+                 coefficients="jordan", beta2=0.0, cautious=False):
         if coefficients not in COEFFICIENTS:
             raise ValueError(f"coefficients={coefficients!r}: use one of {', '.join(map(repr, COEFFICIENTS))}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, beta2=beta2))
-        self.ns_dtype, self.ns_steps, self.coefficients = ns_dtype, ns_steps, coefficients
+        self.ns_dtype, self.ns_steps, self.coefficients, self.cautious = ns_dtype, ns_steps, coefficients, cautious
 
     @torch.no_grad()
     def step(self):
@@ -77,7 +79,11 @@ class Muon(torch.optim.Optimizer):
                                        self.coefficients)
                 if group["beta2"]:
                     update = normalise_variance(update, self.state[p], group["beta2"])
-                p.mul_(1 - group["lr"] * group["weight_decay"])
+                decay = group["lr"] * group["weight_decay"]
+                if self.cautious:  # only the weights that the update moves towards zero as well
+                    p.sub_(p * (update * p > 0), alpha=decay)
+                else:
+                    p.mul_(1 - decay)
                 p.add_(update, alpha=-group["lr"] * math.sqrt(max(1, p.shape[0] / p.shape[1])))
 
 

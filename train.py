@@ -120,6 +120,7 @@ DEFAULTS = dict(
     muon_lr=0.02,  # Muon's peak rate; the schedule scales it as it scales learning_rate
     muon_momentum=0.95,
     muon_weight_decay=0.0,
+    muon_cautious_wd=False,  # decay only the weights that the update moves towards zero as well
     muon_coefficients="jordan",  # Newton-Schulz's: "jordan", or "polar_express" (a polynomial a step)
     muon_beta2=0.0,  # 0 is off; e.g. 0.9: NorMuon's running mean of each neuron's squared update evens them
     ema_decay=0.0,  # 0 is off; e.g. 0.99: evals score, and checkpoints save, a moving average of the weights
@@ -266,7 +267,7 @@ def check_config(config):
         fail(f"total_batch_size={total!r}: give a number of tokens, or None")
     choices = dict(dtype=("auto", *DTYPES), backend=("auto", "nccl", "gloo"), compile=(None, True, False),
                    optimizer=("adamw", "muon"), fsdp=(False, True), auto_batch_size=(False, True),
-                   muon_coefficients=tuple(COEFFICIENTS))
+                   muon_coefficients=tuple(COEFFICIENTS), muon_cautious_wd=(False, True))
     for key, allowed in choices.items():
         if config[key] not in allowed:
             fail(f"{key}={config[key]!r}: use one of {', '.join(map(repr, allowed))}")
@@ -495,8 +496,10 @@ def trial_step(model, batch_size, reserve, c, p):
 
 def build_optimizer(c, model, p):
     """AdamW, or Muon and AdamW, and the loss scaler that float16 needs."""
-    muon = dict(lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.muon_weight_decay,
-                coefficients=c.muon_coefficients, beta2=c.muon_beta2) if c.optimizer == "muon" else None
+    muon = None
+    if c.optimizer == "muon":
+        muon = dict(lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.muon_weight_decay,
+                    coefficients=c.muon_coefficients, beta2=c.muon_beta2, cautious=c.muon_cautious_wd)
     opt = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), p.device_type, muon)
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]  # each group's peak rate (Muon's is muon_lr), which the schedule scales

@@ -125,6 +125,21 @@ def test_muon_in_bfloat16_is_torchs_muon(shape):
     assert torch.equal(a.state[ours]["momentum_buffer"], b.state[theirs]["momentum_buffer"])
 
 
+def test_cautious_weight_decay_shrinks_only_the_weights_that_the_update_moves_towards_zero():
+    torch.manual_seed(0)
+    before, grad = torch.randn(32, 64), torch.randn(32, 64)
+    stepped = {}
+    for name, weight_decay, cautious in (("undecayed", 0.0, False), ("plain", 0.5, False), ("cautious", 0.5, True)):
+        p = before.clone()
+        p.grad = grad
+        Muon([p], lr=0.1, weight_decay=weight_decay, ns_dtype=torch.float32, cautious=cautious).step()
+        stepped[name] = p
+    towards_zero = (before - stepped["undecayed"]) * before > 0
+    assert 0.3 < towards_zero.float().mean() < 0.7
+    torch.testing.assert_close(stepped["plain"], stepped["undecayed"] - 0.05 * before)
+    torch.testing.assert_close(stepped["cautious"], stepped["undecayed"] - 0.05 * before * towards_zero)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_orthogonalise_takes_the_singular_values_near_one(dtype):
     torch.manual_seed(0)

@@ -210,13 +210,14 @@ def test_fsdp_matches_one_process_with_the_modern_switches_and_muon(char_data, t
 
 
 @pytest.mark.ddp
-def test_fsdp_matches_one_process_with_polar_express_normuon_value_embeddings_and_ema(char_data, tmp_path):
+def test_fsdp_matches_one_process_with_all_of_muons_options_every_switch_and_ema(char_data, tmp_path):
     # In float32: in bfloat16, FSDP's other order of summing the gradients can round an element to the
     # next bfloat16 value (0.4% away), which Polar Express's first polynomial (8 X - 22 X^3 + 16 X^5) and
     # NorMuon's division amplify to 1e-3 in 5 steps
     float32 = "import optim\noptim.fast_bfloat16 = lambda device_type: False\n"
     common = [*TINY_RUN, *MODERN, "--muon_coefficients=polar_express", "--muon_beta2=0.9", f"--dataset={char_data}",
-              "--value_embeddings=True", "--x0_mixing=True", "--ema_decay=0.9", "--gradient_accumulation_steps=2",
+              "--value_embeddings=True", "--x0_mixing=True", "--unet_skips=True", "--ema_decay=0.9",
+              "--muon_weight_decay=0.1", "--muon_cautious_wd=True", "--gradient_accumulation_steps=2",
               "--dropout=0.0", "--max_iters=5"]
     for name, parallel, launcher in (("single", [], PYTHON), ("fsdp", ["--fsdp=True"], TORCHRUN)):
         result = train_with(tmp_path, float32, *common, *parallel, f"--out_dir={tmp_path / name}", launcher=launcher)
