@@ -236,7 +236,8 @@ class Engine:
             mask = torch.arange(span, device=self.device)[None, :] <= pos
             for cache in self.caches:
                 cache.at, cache.span = pos[:, 0] % self.block_size, span
-            logits, _ = self.model(idx, kv_caches=self.caches, pos=pos, attn_mask=mask[:, None, None, :])
+            prev = torch.tensor([[r.tokens[-2]] for r in batch], dtype=torch.long, device=self.device)
+            logits, _ = self.model(idx, kv_caches=self.caches, pos=pos, attn_mask=mask[:, None, None, :], prev=prev)
             for i, row in enumerate(batch):
                 self._draw(row, logits[i:i + 1, -1])
         # GPT-2's rows past the context, as generate() reads them: their last block_size tokens

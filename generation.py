@@ -118,8 +118,11 @@ def beam_search(model, idx, max_new_tokens, num_beams, stop_token=None, length_p
 def context_length(config):
     """How many of the last tokens the next token depends on: block_size with GPT-2's learned
     positions; with RoPE's sliding window, n_layer * (block_size - 1) + 1 (each layer reaches
-    block_size - 1 further back)."""
-    return config.n_layer * (config.block_size - 1) + 1 if config.rope else config.block_size
+    block_size - 1 further back), and one more with bigram_hash, whose oldest token is read as a pair
+    with the token before it."""
+    if not config.rope:
+        return config.block_size
+    return config.n_layer * (config.block_size - 1) + 1 + (config.bigram_hash > 0)
 
 
 def next_logits(model, seq, caches, kv_cache):
@@ -141,7 +144,7 @@ def next_logits(model, seq, caches, kv_cache):
         else:
             for cache in caches:
                 cache.keep_last(block_size - 1)
-            logits, _ = model(seq[:, -1:], kv_caches=caches)
+            logits, _ = model(seq[:, -1:], kv_caches=caches, prev=seq[:, -2:-1])
         return logits[:, -1, :], caches
     logits, _ = model(seq[:, -context:])
     return logits[:, -1, :], None

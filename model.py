@@ -40,6 +40,7 @@ class GPTConfig:
     value_embeddings: bool = False  # every other layer, the last included, adds a token embedding to the values
     x0_mixing: bool = False  # each block reads a learned mix of the residual stream and the embedding x0
     unet_skips: bool = False  # the second half's blocks each add a learned share of a first-half block's output
+    bigram_hash: int = 0  # above 0: rows of a table of (previous, current) token pairs, hashed, added to the input
 
     def __post_init__(self):
         if self.norm not in NORMS:
@@ -48,6 +49,8 @@ class GPTConfig:
             raise ValueError(f"mlp_act={self.mlp_act!r}: choose one of {', '.join(ACTIVATIONS)}")
         if self.logit_softcap < 0:
             raise ValueError(f"logit_softcap={self.logit_softcap}: use 0 (off) or a positive cap such as 15")
+        if self.bigram_hash < 0 or self.bigram_hash == 1:
+            raise ValueError(f"bigram_hash={self.bigram_hash}: use 0 (off) or a number of rows, e.g. 5 * vocab_size")
         if self.rope and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"rope rotates pairs of channels: head size n_embd/n_head={self.n_embd // self.n_head} "
                              "must be even")
@@ -73,7 +76,7 @@ PRESETS = {
 GPT2_VOCAB_SIZE = 50257
 # the fields that depart from GPT-2 when set away from their defaults, which are GPT-2 as it was
 MODERN_SWITCHES = ("rope", "norm", "qk_norm", "mlp_act", "tie_embeddings", "zero_init_proj", "logit_softcap",
-                   "value_embeddings", "x0_mixing", "unet_skips")
+                   "value_embeddings", "x0_mixing", "unet_skips", "bigram_hash")
 
 
 class CausalSelfAttention(nn.Module):
@@ -187,6 +190,8 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=norm(config),
         ))
+        if config.bigram_hash:  # zero at first: the model starts as it would without it
+            self.transformer.bigram = nn.Embedding(config.bigram_hash, config.n_embd)
         if config.value_embeddings:  # a table per layer that has one, keyed by the layer's number
             self.transformer.ve = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, config.n_embd)
                                                  for i in range(config.n_layer) if has_value_embedding(i, config)})
@@ -208,7 +213,7 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-            if name.endswith("ve_gate.weight"):
+            if name.endswith(("ve_gate.weight", "bigram.weight")):
                 nn.init.zeros_(p)
 
     def _init_weights(self, module):
@@ -225,17 +230,21 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         if non_embedding and self.config.value_embeddings:
             n -= sum(p.numel() for p in self.transformer.ve.parameters())
+        if non_embedding and self.config.bigram_hash:
+            n -= self.transformer.bigram.weight.numel()
         if non_embedding and not self.config.tie_embeddings:
             n -= self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, kv_caches=None, pos=None, attn_mask=None, reduction="mean"):
+    def forward(self, idx, targets=None, kv_caches=None, pos=None, attn_mask=None, reduction="mean", prev=None):
         """reduction="none" gives the loss of every position (B, T) rather than their mean.
         kv_caches: one KVCache per layer, for generation; idx then continues the cached tokens.
         pos (B, T) and attn_mask (B, 1, T, keys), True where a query may look: for a batch whose rows
         sit at different positions (serve.py's engine); by default every row continues its cache.
         A RoPE model reads sequences of any length: past block_size each token attends, in every
-        layer, to the block_size tokens that end at it (sliding-window attention)."""
+        layer, to the block_size tokens that end at it (sliding-window attention).
+        prev (B, 1): the token before each row of idx, which a bigram_hash model pairs with idx's
+        first when it continues a cache; without it the first token is paired with none."""
         B, T = idx.size()
         if pos is None:
             start = kv_caches[0].pos if kv_caches else 0
@@ -243,6 +252,8 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
             pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx)
+        if self.config.bigram_hash:
+            x = x + self.transformer.bigram(bigram_rows(idx, prev, self.config.bigram_hash))
         rope = None
         if self.config.rope:
             rope = rope_angles(pos, self.config.n_embd // self.config.n_head)
@@ -362,6 +373,19 @@ VE_GATE_CHANNELS = 32
 def has_value_embedding(layer, config):
     """Every other layer, counted back from the last, which always has one."""
     return config.value_embeddings and layer % 2 == (config.n_layer - 1) % 2
+
+
+# Bigram hash embeddings (modded-nanogpt): each (previous, current) pair of tokens has a row of a
+# table, shared by the pairs that hash alike, so that the first layer sees the pair, not the token alone.
+BIGRAM_MULTIPLIERS = (36313, 27191)  # large and odd: spread the token ids over the bits before the xor
+
+
+def bigram_rows(idx, prev, rows):
+    """The table row of each token of idx (B, T) and the token before it (prev, (B, 1), before the
+    first): a hash into rows - 1 rows; a first token with no token before it takes the last row."""
+    before = torch.cat((prev, idx[:, :-1]), 1) if prev is not None else F.pad(idx[:, :-1], (1, 0), value=-1)
+    hashed = torch.bitwise_xor(BIGRAM_MULTIPLIERS[0] * idx, BIGRAM_MULTIPLIERS[1] * before) % (rows - 1)
+    return torch.where(before < 0, rows - 1, hashed)
 
 
 def sliding_window_mask(T, block_size, device):

@@ -115,6 +115,7 @@ DEFAULTS = dict(
     value_embeddings=False,  # every other layer adds a token embedding of its own to attention's values
     x0_mixing=False,  # each block reads a learned mix of the residual stream and the input embedding
     unet_skips=False,  # the second half's blocks each add a learned share of a first-half block's output
+    bigram_hash=0,  # 0 is off; e.g. 5 * vocab_size: rows of a table of hashed (previous, current) token pairs
     # optimizer: "adamw", or "muon" for the blocks' matrices with AdamW (the settings below) for the rest
     optimizer="adamw",
     muon_lr=0.02,  # Muon's peak rate; the schedule scales it as it scales learning_rate

@@ -116,9 +116,13 @@ def random_text(rng, n):
 
 
 def tiny_model(seed=0, **config):
-    """A GPT that runs in milliseconds: TINY_MODEL's shape, with config's changes."""
+    """A GPT that runs in milliseconds: TINY_MODEL's shape, with config's changes. A bigram table
+    starts at zero, which would test nothing: here it is random."""
     torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**TINY_MODEL, **config}))
+    model = GPT(GPTConfig(**{**TINY_MODEL, **config}))
+    if model.config.bigram_hash:
+        torch.nn.init.normal_(model.transformer.bigram.weight, std=0.02)
+    return model
 
 
 def save_run(out_dir, model, meta, iter_num=7, best_val_loss=2.0):

@@ -9,10 +9,10 @@ import torch
 
 from conftest import tiny_model
 from engine import Engine, Job, SlotCache
-from generation import KVCache, generate
+from generation import KVCache, context_length, generate
 
 MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0,
-              value_embeddings=True, x0_mixing=True, unet_skips=True)
+              value_embeddings=True, x0_mixing=True, unet_skips=True, bigram_hash=64)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "modern"])
@@ -52,7 +52,8 @@ class Collector:
 
 
 SETTINGS = [  # prompt, max_tokens, settings: greedy, sampled, n=2, past block_size, a prompt longer than it,
-    # a prompt longer than a RoPE model's context (2 layers x 15 + 1 tokens): its cache starts within the prompt
+    # a prompt longer than a RoPE model's context (2 layers x 15 + 1 tokens, and one for the bigram of the
+    # oldest): its cache starts within the prompt
     ([1, 2, 3], 30, dict(temperature=0.0)),
     ([5] * 10, 12, dict(temperature=0.9, top_k=10, seed=3, n=2)),
     ([7, 8], 25, dict(temperature=1.0, top_p=0.8, seed=5)),
@@ -85,8 +86,8 @@ def test_batched_jobs_equal_each_job_alone(model):
         model.forward = forward
         engine.close()
     assert max(B for B, _ in steps) == 4  # one forward pass for a full batch of rows
-    if model.config.rope:  # the cache slides: a prefill per job (of up to 31 tokens), then one token a row a step
-        prefills = [min(len(prompt), 31) for prompt, _, _ in SETTINGS]
+    if model.config.rope:  # the cache slides: a prefill per job (of up to the context), then one token a row a step
+        prefills = [min(len(prompt), context_length(model.config)) for prompt, _, _ in SETTINGS]
         assert sorted(T for _, T in steps if T > 1) == sorted(T for T in prefills if T > 1)
 
 
@@ -172,7 +173,7 @@ def test_cancel_ends_a_job_at_once(model):
 
 
 def test_rows_at_different_positions_in_one_forward(model):
-    """model.forward's pos and attn_mask: rows of different lengths in one batch give each row's own logits."""
+    """model.forward's pos, attn_mask and prev: rows of different lengths in one batch give each row's own logits."""
     prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
     caches = [SlotCache(len(prompts), 16) for _ in model.transformer.h]
     want = []
@@ -187,7 +188,8 @@ def test_rows_at_different_positions_in_one_forward(model):
         for cache in caches:
             cache.at, cache.span = pos[:, 0], int(pos.max()) + 1
         mask = (torch.arange(int(pos.max()) + 1)[None, :] <= pos)[:, None, None, :]
-        got, _ = model(torch.tensor([[11]] * 3), kv_caches=caches, pos=pos, attn_mask=mask)
+        prev = torch.tensor([p[-1:] for p in prompts])  # the token before each row's new one: a bigram's first
+        got, _ = model(torch.tensor([[11]] * 3), kv_caches=caches, pos=pos, attn_mask=mask, prev=prev)
     torch.testing.assert_close(got[:, -1], torch.stack(want), rtol=1e-5, atol=1e-5)
 
 

@@ -12,9 +12,10 @@ def generated(model, idx, n, **kwargs):
     return torch.stack(list(generate(model, idx, n, **kwargs)), dim=1)
 
 
+@pytest.mark.parametrize("bigram_hash", [0, 64])  # 64: the cached steps pair each token with the one before
 @pytest.mark.parametrize("prompt_len", [1, 5, 20])  # 20: the prompt alone is longer than block_size 16
-def test_cache_matches_no_cache_past_block_size(prompt_len):
-    model = tiny_model().eval()
+def test_cache_matches_no_cache_past_block_size(prompt_len, bigram_hash):
+    model = tiny_model(bigram_hash=bigram_hash).eval()
     assert_cache_matches_no_cache(model, torch.randint(0, 65, (3, prompt_len)))
 
 
@@ -130,7 +131,7 @@ def sequence_logprob(model, idx, seq):
 # ----------------------------------------------------------------------------- beyond GPT-2
 # every switch but zero_init_proj, whose blocks would start as the identity and test nothing
 MODERN = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0,
-              value_embeddings=True, x0_mixing=True, unet_skips=True)
+              value_embeddings=True, x0_mixing=True, unet_skips=True, bigram_hash=64)
 
 
 def modern_model():

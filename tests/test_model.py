@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from model import GPT, GPTConfig, SigmoidGELU, apply_rope, gelu, rope_angles
+from model import GPT, GPTConfig, SigmoidGELU, apply_rope, bigram_rows, gelu, rope_angles
 
 
 def full_logits(model, idx):
@@ -156,7 +156,8 @@ def test_gpt2_parameter_count_and_flops():
 
 # ----------------------------------------------------------------------------- beyond GPT-2
 SWITCHES = dict(rope=True, norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=False,
-                zero_init_proj=True, logit_softcap=15.0, value_embeddings=True, x0_mixing=True, unet_skips=True)
+                zero_init_proj=True, logit_softcap=15.0, value_embeddings=True, x0_mixing=True, unet_skips=True,
+                bigram_hash=64)
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -343,10 +344,33 @@ def test_unet_skips_add_the_first_halfs_outputs_to_the_second_half_last_first():
         torch.testing.assert_close(full_logits(model, idx), full_logits(plain, idx), atol=0, rtol=0)
 
 
+def test_bigram_hash_adds_a_row_for_each_token_and_the_one_before_and_a_zero_table_changes_nothing():
+    plain = tiny_model(**TINY)
+    model = tiny_model(**TINY, bigram_hash=64).eval()
+    assert with_weights_of(model, plain) == ["transformer.bigram.weight"]
+    idx = torch.randint(0, 50, (2, 16))
+    rows = bigram_rows(idx, None, 64)
+    assert (rows[:, 0] == 63).all() and (rows[:, 1:] < 63).all()  # the first token has no token before it
+    changed = idx.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 50
+    differ = bigram_rows(changed, None, 2 ** 20) != bigram_rows(idx, None, 2 ** 20)  # few pairs hash alike there
+    assert not differ[:, :5].any() and not differ[:, 7:].any() and differ[:, 5:7].all()
+    assert len(rows.unique()) > 20  # spread over the table
+    # the rest of a sequence, given the token before it, reads as it does in the whole sequence
+    torch.testing.assert_close(bigram_rows(idx[:, 9:], idx[:, 8:9], 64), rows[:, 9:], atol=0, rtol=0)
+    with torch.no_grad():
+        differs = full_logits(model, idx)
+        model.transformer.bigram.weight.zero_()
+    torch.testing.assert_close(full_logits(model, idx), full_logits(plain, idx), atol=0, rtol=0)
+    assert not torch.allclose(differs, full_logits(plain, idx))
+    assert model.num_params() == plain.num_params()  # a lookup
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(norm="batchnorm"), "norm='batchnorm': choose one of layernorm, rmsnorm"),
     (dict(mlp_act="swish"), "mlp_act='swish': choose one of gelu, relu2"),
     (dict(logit_softcap=-1.0), "logit_softcap=-1.0"),
+    (dict(bigram_hash=1), "bigram_hash=1: use 0 (off) or a number of rows"),
     (dict(rope=True, n_head=32), "head size n_embd/n_head=1 must be even"),
 ])
 def test_bad_switches(bad, message):

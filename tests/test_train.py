@@ -216,7 +216,7 @@ def test_fsdp_matches_one_process_with_all_of_muons_options_every_switch_and_ema
     # NorMuon's division amplify to 1e-3 in 5 steps
     float32 = "import optim\noptim.fast_bfloat16 = lambda device_type: False\n"
     common = [*TINY_RUN, *MODERN, "--muon_coefficients=polar_express", "--muon_beta2=0.9", f"--dataset={char_data}",
-              "--value_embeddings=True", "--x0_mixing=True", "--unet_skips=True", "--ema_decay=0.9",
+              "--value_embeddings=True", "--x0_mixing=True", "--unet_skips=True", "--bigram_hash=64", "--ema_decay=0.9",
               "--muon_weight_decay=0.1", "--muon_cautious_wd=True", "--gradient_accumulation_steps=2",
               "--dropout=0.0", "--max_iters=5"]
     for name, parallel, launcher in (("single", [], PYTHON), ("fsdp", ["--fsdp=True"], TORCHRUN)):
