@@ -138,6 +138,12 @@ DEFAULTS = dict(
     warmup_iters=None,  # None: 5% of max_iters, at most 100
     lr_decay_iters=None,  # None: max_iters
     min_lr=None,  # None: learning_rate / 10
+    # ramps: train on the first rows of each batch, and the first tokens of each row, growing linearly to all
+    # of them at ramp_iters: cheaper steps while the model learns what short contexts teach (GPT-3 warmed its
+    # batch size up; Li et al., 2022, the sequence length). None: the whole batch from the first step.
+    batch_size_start=None,
+    block_size_start=None,
+    ramp_iters=0,
     # system
     backend="auto",  # DDP backend: nccl on CUDA, gloo on CPU
     # under torchrun: shard the parameters, gradients and optimizer state over the processes (PyTorch's FSDP2)
@@ -244,7 +250,7 @@ def check_config(config):
     """Values that would otherwise fail deep inside torch, or quietly train nonsense."""
     at_least = dict(eval_interval=1, log_interval=1, eval_iters=0, batch_size=1, block_size=1, n_layer=1, n_head=1,
                     n_embd=1, gradient_accumulation_steps=1, max_iters=0, warmup_iters=0, lr_decay_iters=0,
-                    hellaswag_interval=0)
+                    hellaswag_interval=0, ramp_iters=0)
     if config["auto_batch_size"] and config["total_batch_size"] is None:
         fail("auto_batch_size=True keeps the tokens of an optimizer step: set them with --total_batch_size, "
              "e.g. 524288 (GPT-2's)")
@@ -260,6 +266,15 @@ def check_config(config):
     for key in ("dropout", "beta1", "beta2", "muon_beta2", "ema_decay"):
         if config[key] is None or not 0 <= config[key] < 1:
             fail(f"{key}={config[key]!r}: it must lie in [0, 1)")
+    for key, full in (("batch_size_start", "batch_size"), ("block_size_start", "block_size")):
+        start = config[key]
+        if start is not None and (not isinstance(start, int) or not 1 <= start <= config[full]):
+            fail(f"{key}={start!r}: give a whole number from 1 to {full}={config[full]}, or None")
+        if start is not None and not config["ramp_iters"]:
+            fail(f"{key}={start} with ramp_iters=0: give the steps over which it grows to {full}, e.g. --ramp_iters=200")
+    if config["batch_size_start"] is not None and config["auto_batch_size"]:
+        fail("batch_size_start with auto_batch_size=True: the batch size is not known until the run starts; "
+             "set --batch_size")
     if config["n_embd"] % config["n_head"]:
         fail(f"n_embd={config['n_embd']} is not divisible by n_head={config['n_head']}: each head takes "
              "n_embd / n_head channels")
@@ -555,15 +570,25 @@ def get_lr(it, c):
     return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
 
 
-def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested, average=None):
+def ramped(it, c):
+    """(rows, tokens a row) of each batch that step it trains on: the whole batch, but for the ramps."""
+    def grow(start, full):
+        return full if start is None or it >= c.ramp_iters else start + (full - start) * it // c.ramp_iters
+    return grow(c.batch_size_start, c.batch_size), grow(c.block_size_start, c.block_size)
+
+
+def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested, average=None, shape=None):
     """One optimizer step over accum_steps micro-batches. Returns (the mean loss over micro-steps and
     ranks, bits per unit of the text it counted, the gradient norm before clipping or None, whether
-    any rank must stop). average: the WeightAverage that --ema_decay keeps."""
+    any rank must stop). average: the WeightAverage that --ema_decay keeps. shape: (rows, tokens) of
+    each batch to train on, from its first row and first token; None: all of it."""
     if average:
         average.out_of_model()  # the trained weights, to train on, if an eval or a save took the average in
     loss_sum, nats_sum, units_sum = (torch.zeros((), device=p.device) for _ in range(3))
     for micro_step in range(accum_steps):
         x, y = loader.next_batch()
+        if shape:
+            x, y = (t[:shape[0], :shape[1]].contiguous() for t in (x, y))
         counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
         units_sum += (units[y.clamp(min=0)] * counted).sum()
         # DDP all-reduces (FSDP reduce-scatters) gradients in backward; only the last micro-step needs it
@@ -912,9 +937,10 @@ def main(argv):
             lr = get_lr(iter_num, c) if c.decay_lr else c.learning_rate
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr / c.learning_rate
+            rows, row_tokens = ramped(iter_num, c)
             t0 = time.perf_counter()
             train_loss, train_bits, grad_norm, stop = train_step(model, opt, scaler, train_loader, units, accum_steps,
-                                                                 c, p, bool(stop_signals), average)
+                                                                 c, p, bool(stop_signals), average, (rows, row_tokens))
             dt = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 fail(f"train loss is {train_loss} at iter {iter_num}; the last good checkpoint in {c.out_dir} is kept "
@@ -924,10 +950,11 @@ def main(argv):
                 print(f"iter {iter_num}/{c.max_iters}: about {duration(time_left)} to go, at {step_time * 1000:.0f} ms "
                       f"a step and {progress.eval_seconds:.1f} s an eval")
             if iter_num % c.log_interval == 0:
-                mfu = raw_model.estimate_mfu(tokens_per_iter / p.world_size / dt, peak_flops, c.block_size)
+                tokens = tokens_per_iter * rows * row_tokens // (c.batch_size * c.block_size)  # fewer on a ramp
+                mfu = raw_model.estimate_mfu(tokens / p.world_size / dt, peak_flops, row_tokens)
                 norm = grad_norm.item() if grad_norm is not None and grad_norm.isfinite() else None
                 record = dict(iter=iter_num, train_loss=train_loss, train_bits=train_bits, lr=lr, grad_norm=norm,
-                              ms=dt * 1000, tokens_per_sec=tokens_per_iter / dt, mfu=mfu, seconds_left=time_left)
+                              ms=dt * 1000, tokens_per_sec=tokens / dt, mfu=mfu, seconds_left=time_left)
                 log(record)
                 if p.master:
                     print(step_line(record, c.max_iters))

@@ -465,6 +465,34 @@ def test_auto_refuses_to_replace_another_runs_checkpoint(char_data, reference, t
     assert load(tmp_path)["model_args"]["n_layer"] == 3
 
 
+# each rank notes the shape of what training feeds the model, a line per micro-step, in folder/shapes
+SHAPES = """
+import model
+forward = model.GPT.forward
+def noted(self, idx, *args, **kwargs):
+    if self.training:
+        with open({folder!r} + "/shapes", "a") as f:
+            f.write(f"{{tuple(idx.shape)}}\\n")
+    return forward(self, idx, *args, **kwargs)
+model.GPT.forward = noted
+"""
+
+
+def test_the_ramps_train_on_the_first_rows_and_tokens_of_each_batch_and_resume_exactly(char_data, tmp_path):
+    common = [*TINY_RUN, f"--dataset={char_data}", "--batch_size_start=1", "--block_size_start=8", "--ramp_iters=6"]
+    result = train_with(tmp_path, SHAPES.format(folder=str(tmp_path)), *common, f"--out_dir={tmp_path / 'whole'}",
+                        "--max_iters=8", launcher=PYTHON)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # from 1 row of 8 tokens to 4 of 32 (batch_size, block_size) over 6 steps, each step two micro-steps
+    steps = [(1, 8), (1, 12), (2, 16), (2, 20), (3, 24), (3, 28), (4, 32), (4, 32)]
+    assert (tmp_path / "shapes").read_text().split("\n")[:-1] == [str(s) for s in steps for _ in range(2)]
+    # a run cut short mid-ramp resumes to the same bits
+    train(*common, f"--out_dir={tmp_path / 'resumed'}", "--max_iters=3")
+    train(f"--out_dir={tmp_path / 'resumed'}", "--init_from=resume", "--max_iters=8")
+    assert_same_state(load(tmp_path / "resumed"), load(tmp_path / "whole"))
+    assert read_log(tmp_path / "resumed") == read_log(tmp_path / "whole")
+
+
 def test_the_learning_rate_warms_up_decays_and_stays_at_its_floor():
     c = SimpleNamespace(learning_rate=1.0, min_lr=0.1, warmup_iters=3, lr_decay_iters=13)
     lrs = [train_py.get_lr(it, c) for it in range(16)]
@@ -541,6 +569,10 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(char_data, tmp_path):
     (["--muon_coefficients=newton"], "muon_coefficients='newton': use one of 'jordan', 'polar_express'"),
     (["--muon_beta2=1.0"], "muon_beta2=1.0: it must lie in [0, 1)"),
     (["--auto_batch_size=True"], "auto_batch_size=True keeps the tokens of an optimizer step: set them with"),
+    (["--batch_size_start=5", "--ramp_iters=4"], "batch_size_start=5: give a whole number from 1 to batch_size=4"),
+    (["--block_size_start=8"], "block_size_start=8 with ramp_iters=0: give the steps over which it grows to"),
+    (["--batch_size_start=2", "--ramp_iters=4", "--auto_batch_size=True", "--total_batch_size=256"],
+     "batch_size_start with auto_batch_size=True: the batch size is not known until the run starts"),
 ])
 def test_configuration_errors(char_data, tmp_path, args, message):
     result = train(*TINY_RUN, f"--dataset={char_data}", f"--out_dir={tmp_path}", *args, check=False)
