@@ -46,7 +46,7 @@ from optim import configure_optimizers
 # not change a step; config files may set them, flags may not.
 TRAIN_KEYS = ("dataset", "batch_size", "block_size", *(f.name for f in fields(GPTConfig) if f.name != "vocab_size"),
               "activation_checkpointing", "optimizer", "muon_lr", "muon_momentum", "muon_weight_decay",
-              "muon_coefficients", "muon_beta2",
+              "muon_cautious_wd", "muon_coefficients", "muon_beta2",
               "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "device", "dtype", "seed")
 DEFAULTS = dict(
     vocab_size=None,  # None: the dataset's (its meta.json's), else 50304, GPT-2's padded, as train.py takes it
@@ -96,7 +96,7 @@ try:
 except ValueError as e:
     raise SystemExit(f"error: {e}") from None
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay, coefficients=muon_coefficients,
-            beta2=muon_beta2) if optimizer == "muon" else None
+            beta2=muon_beta2, cautious=muon_cautious_wd) if optimizer == "muon" else None
 if muon_dtype not in ("auto", "float32", "bfloat16"):
     raise SystemExit(f"error: muon_dtype={muon_dtype!r}: use auto, float32 or bfloat16")
 if muon and muon_dtype != "auto":

@@ -33,11 +33,13 @@ def test_benches_the_modern_recipe_and_profiles(tmp_path):
     out = tmp_path / "bench.json"
     shape = ["--vocab_size=96", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2", "--block_size=16"]
     result = bench("config/train_gpt2_modern.py", *shape, "--modes=eager", "--warmup=1", "--steps=1", "--repeats=1",
-                   "--muon_dtype=float32", f"--profile={tmp_path / 'prof'}", f"--out_file={out}")
+                   "--muon_dtype=float32", "--muon_weight_decay=0.1", "--muon_cautious_wd=True",
+                   f"--profile={tmp_path / 'prof'}", f"--out_file={out}")
     assert result.returncode == 0, result.stderr
     assert "Muon orthogonalises in float32" in result.stdout  # whatever this CPU's bfloat16 is
     report = json.loads(out.read_text())
     assert report["config"]["optimizer"] == "muon" and report["config"]["rope"]  # from the file
+    assert report["config"]["muon_cautious_wd"]  # a flag
     modern = GPTConfig(vocab_size=96, n_layer=1, n_head=2, n_embd=32, block_size=16, rope=True, norm="rmsnorm",
                        qk_norm=True, mlp_act="relu2", tie_embeddings=False, zero_init_proj=True, logit_softcap=15.0)
     assert report["params"] == GPT(modern).num_params(non_embedding=False)  # its own head, no wpe
