@@ -982,7 +982,7 @@ MEANING = {
     "train_shakespeare_record_cpu.py": dict(dataset="shakespeare_bpe1024", batch_size=16, block_size=128, n_layer=4,
                                             n_head=4, n_embd=192, dropout=0.0, rope=True, tie_embeddings=True,
                                             optimizer="muon", muon_coefficients="polar_express", muon_beta2=0.9,
-                                            learning_rate=3e-3, min_lr=3e-3, ema_decay=0.998, max_iters=1100,
+                                            learning_rate=3e-3, min_lr=3e-3, ema_decay=0.998, max_iters=1000,
                                             eval_iters=0, device="cpu", compile=False),
     **{f"eval_{name.replace('-', '_')}.py": dict(init_from=name, dataset="fineweb_edu", block_size=1024, batch_size=8,
                                                  eval_iters=500, eval_only=True)
