@@ -577,18 +577,16 @@ def ramped(it, c):
     return grow(c.batch_size_start, c.batch_size), grow(c.block_size_start, c.block_size)
 
 
-def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested, average=None, shape=None):
+def train_step(model, opt, scaler, loader, units, accum_steps, c, p, stop_requested, average, shape):
     """One optimizer step over accum_steps micro-batches. Returns (the mean loss over micro-steps and
     ranks, bits per unit of the text it counted, the gradient norm before clipping or None, whether
-    any rank must stop). average: the WeightAverage that --ema_decay keeps. shape: (rows, tokens) of
-    each batch to train on, from its first row and first token; None: all of it."""
+    any rank must stop). average: the WeightAverage that --ema_decay keeps, or None. shape: (rows,
+    tokens) of each batch to train on, from its first row and first token (ramped)."""
     if average:
         average.out_of_model()  # the trained weights, to train on, if an eval or a save took the average in
     loss_sum, nats_sum, units_sum = (torch.zeros((), device=p.device) for _ in range(3))
     for micro_step in range(accum_steps):
-        x, y = loader.next_batch()
-        if shape:
-            x, y = (t[:shape[0], :shape[1]].contiguous() for t in (x, y))
+        x, y = (t[:shape[0], :shape[1]].contiguous() for t in loader.next_batch())  # no copy when whole
         counted = y >= 0  # all but a chat dataset's prompts, whose y is -1
         units_sum += (units[y.clamp(min=0)] * counted).sum()
         # DDP all-reduces (FSDP reduce-scatters) gradients in backward; only the last micro-step needs it
